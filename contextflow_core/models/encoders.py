@@ -1,0 +1,132 @@
+"""Text encoders for the retriever: a transformer body plus pooling.
+
+Boundary: an encoder turns text (or token ids) into vectors. It knows nothing of
+indexes, prompts or generators.
+
+Shapes: N texts, L tokens, D embedding size.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+
+Pooling = Callable[[object, torch.Tensor], torch.Tensor]
+
+
+def _mean_pool(output, attention_mask: torch.Tensor) -> torch.Tensor:
+    hidden = output.last_hidden_state  # (N, L, D)
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, L, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def _cls_pool(output, attention_mask: torch.Tensor) -> torch.Tensor:
+    return output.last_hidden_state[:, 0]
+
+
+def _pooler_pool(output, attention_mask: torch.Tensor) -> torch.Tensor:
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        raise ValueError(
+            "pooling='pooler' needs a model whose output has `pooler_output` "
+            f"(BERT with pooler, DPR); got {type(output).__name__} without it"
+        )
+    return pooled
+
+
+POOLINGS: dict[str, Pooling] = {"mean": _mean_pool, "cls": _cls_pool, "pooler": _pooler_pool}
+
+
+class TextEncoder(nn.Module):
+    """A HF encoder body with pooling and optional L2 normalisation.
+
+    `forward(input_ids, attention_mask)` returns (N, D) embeddings with gradient
+    (training); `embed(texts)` does the same from text; `encode(texts)` is the
+    batched, gradient-free path used to build indexes and answer queries.
+
+    Args:
+        model: Any HF model whose output has `last_hidden_state` (or
+            `pooler_output` for pooling="pooler").
+        tokenizer: Its tokenizer; optional when only token ids are fed.
+        pooling: "mean", "cls" or "pooler".
+        normalize: L2-normalise the pooled vector (cosine similarity via inner product).
+        max_length: Truncation length for `embed`/`encode`.
+        name: Recorded in index manifests so an index can refuse a mismatched encoder.
+
+    Example:
+        >>> enc = TextEncoder(bert, tok, pooling="mean", normalize=True)  # doctest: +SKIP
+        >>> enc.encode(["a passage"]).shape  # doctest: +SKIP
+        torch.Size([1, 384])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer=None,
+        *,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int = 256,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_length = max_length
+        self.name = name or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+
+    @property
+    def dim(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "projection_dim", 0) or cfg.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]):
+        if self.tokenizer is None:
+            raise ValueError(
+                "this encoder has no tokenizer, so it cannot take text; pass token ids "
+                "(input_ids=...) or build it with a tokenizer"
+            )
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        pooled = POOLINGS[self.pooling](output, attention_mask)  # (N, D)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, p=2, dim=-1)
+        return pooled
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, D) embeddings of `texts` with gradient, on the encoder's device."""
+        batch = self.tokenize(texts).to(self.device)
+        return self(**batch)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> torch.Tensor:
+        """(N, D) float32 CPU embeddings of `texts`, batched, without gradient."""
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        was_training = self.training
+        self.eval()
+        chunks = []
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="encoding", unit="batch", disable=not show_progress):
+            chunks.append(self.embed(texts[start : start + batch_size]).float().cpu())
+        self.train(was_training)
+        if not chunks:
+            return torch.empty(0, self.dim)
+        return torch.cat(chunks)
