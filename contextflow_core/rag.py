@@ -1,0 +1,250 @@
+r"""RAGSequence: the marginalised RAG-Sequence model for decoder-only LMs.
+
+Boundary: runs the question encoder, the index and the generator; the maths is
+in `loss.py`, text-to-ids in `prompts.py`, generator scoring in `scoring.py`,
+decoding in `generation.py`, files in `serialization.py`.
+
+.. math::
+    p(y|x) = \sum_k p_\eta(z_k|x)\, p_\theta(y | f(x, z_k)), \qquad
+    p_\eta(z_k|x) = \mathrm{softmax}_k(q(x)\cdot d(z_k) / \tau)
+
+Top-K ids come from the index without gradient; the scores q . d_k are then
+recomputed from the live question embedding q, so the loss reaches the
+question encoder. All B*K generator sequences run as one left-padded batch
+(micro-batched on request), with logits only at answer positions.
+
+Shapes: B questions, K passages, D embedding size.
+
+Example:
+    >>> rag = RAGSequence(question_encoder=enc, retriever=index,
+    ...                   generator_tokenizer=tok, generator=lm)       # doctest: +SKIP
+    >>> out = rag(questions=["Who founded Tarsk?"], answers=["Ilo"])  # doctest: +SKIP
+    >>> out.loss.backward()                                            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .config import PromptConfig, RagConfig
+from .loss import doc_log_probs, rag_sequence_nll
+from .models.encoders import TextEncoder
+from .prompts import PromptBuilder
+from .retrieval import DocumentIndex, Retriever, as_retriever
+from .scoring import score_sequences
+from .types import Passage, RagAnswer, RagOutput, Retrieved
+
+
+def wrap_question_encoder(question_encoder, tokenizer=None) -> TextEncoder:
+    """Accept a TextEncoder or a bare HF encoder (DPR -> pooler output, else mean pooling)."""
+    if isinstance(question_encoder, TextEncoder):
+        if tokenizer is not None and question_encoder.tokenizer is None:
+            question_encoder.tokenizer = tokenizer
+        return question_encoder
+    if not isinstance(question_encoder, nn.Module):
+        raise TypeError(
+            f"question_encoder: expected a TextEncoder or a HF encoder model, got {type(question_encoder).__name__}"
+        )
+    model_type = getattr(getattr(question_encoder, "config", None), "model_type", "")
+    pooling = "pooler" if model_type == "dpr" else "mean"
+    return TextEncoder(question_encoder, tokenizer, pooling=pooling)
+
+
+class RAGSequence(nn.Module):
+    """RAG-Sequence over a FAISS index with a decoder-only generator.
+
+    Args:
+        question_encoder: `TextEncoder` (or a HF encoder such as `DPRQuestionEncoder`).
+        retriever: `Retriever` or `DocumentIndex` holding the passages.
+        generator_tokenizer: The generator's tokenizer (pad token set from EOS if missing).
+        generator: A HF causal LM (plain, PEFT-wrapped or quantized).
+        prompt: `PromptConfig` for f(x, z).
+        num_docs: K; overrides `config.num_docs` when given.
+        config: `RagConfig` (temperature, freezing, scoring mode, micro-batching).
+        question_encoder_tokenizer: Tokenizer for a bare HF question encoder.
+    """
+
+    def __init__(
+        self,
+        question_encoder,
+        retriever: Union[Retriever, DocumentIndex],
+        generator_tokenizer,
+        generator: nn.Module,
+        *,
+        prompt: Optional[PromptConfig] = None,
+        num_docs: Optional[int] = None,
+        config: Optional[RagConfig] = None,
+        question_encoder_tokenizer=None,
+    ) -> None:
+        super().__init__()
+        self.question_encoder = wrap_question_encoder(question_encoder, question_encoder_tokenizer)
+        self.retriever = as_retriever(retriever)
+        self.generator = generator
+        self.generator_tokenizer = _with_pad_token(generator_tokenizer, generator)
+        self.config = config or RagConfig()
+        if num_docs is not None:
+            self.config = RagConfig(**{**self.config.__dict__, "num_docs": num_docs})
+        self.prompts = PromptBuilder(self.generator_tokenizer, prompt)
+        self._check_dims()
+        if self.config.gradient_checkpointing:
+            generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def _check_dims(self) -> None:
+        enc_dim, index_dim = self.question_encoder.dim, self.index.dim
+        if enc_dim != index_dim:
+            raise ValueError(
+                f"question_encoder: embedding size {enc_dim} differs from the index's {index_dim} "
+                f"(index built with {self.index.encoder_name!r}); use the encoder the index was built with "
+                "or rebuild the index"
+            )
+
+    @property
+    def index(self) -> DocumentIndex:
+        return self.retriever.index
+
+    @property
+    def prompt_config(self) -> PromptConfig:
+        return self.prompts.config
+
+    # -- retrieval ----------------------------------------------------------
+    def resolve_num_docs(self, num_docs: Optional[int]) -> int:
+        k = self.config.num_docs if num_docs is None else num_docs
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"num_docs: expected a positive integer, got {k!r}")
+        return k
+
+    def questions_from_ids(self, input_ids: torch.Tensor, attention_mask=None) -> list[str]:
+        """Seed API: recover question text from question-encoder token ids."""
+        tok = self.question_encoder.tokenizer
+        if tok is None:
+            raise ValueError(
+                "input_ids: the question encoder has no tokenizer to decode them with; pass "
+                "questions=[...] or question_encoder_tokenizer= when building RAGSequence"
+            )
+        if attention_mask is not None:
+            rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]
+        else:
+            rows = list(input_ids)
+        return [tok.decode(r, skip_special_tokens=True).strip() for r in rows]
+
+    def _questions(self, questions, input_ids, attention_mask) -> list[str]:
+        if questions is None and input_ids is None:
+            raise ValueError("questions: expected a list of question strings (or input_ids=), got neither")
+        if questions is None:
+            questions = self.questions_from_ids(input_ids, attention_mask)
+        if isinstance(questions, str):
+            questions = [questions]
+        questions = list(questions)
+        if not questions:
+            raise ValueError("questions: expected at least one question, got an empty list")
+        for i, q in enumerate(questions):
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"questions[{i}]: expected non-empty text, got {q!r}")
+        return questions
+
+    def retrieve(self, questions: Sequence[str], num_docs: Optional[int] = None) -> tuple[torch.Tensor, Retrieved]:
+        """Top-K passages and log p_eta(z|x) (B, K), with gradient into the question encoder."""
+        k = self.resolve_num_docs(num_docs)
+        q = self.question_encoder.embed(list(questions))  # (B, D)
+        retrieved = self.index.search(q.detach().float().cpu(), k)
+        d = retrieved.embeddings.to(device=q.device, dtype=q.dtype)  # (B, K, D)
+        scores = torch.einsum("bd,bkd->bk", q, d)  # (B, K) live scores
+        doc_lp = doc_log_probs(scores, self.config.temperature)
+        if self.config.freeze_retriever:
+            doc_lp = doc_lp.detach()
+        return doc_lp, retrieved
+
+    # -- generator scoring --------------------------------------------------
+    def score(
+        self, questions: Sequence[str], passages: Sequence[Sequence[Passage]], answers: Sequence[str]
+    ) -> torch.Tensor:
+        """log p_theta(answer_b | f(question_b, passage_bk)), (B, K)."""
+        encoded = self.prompts.encode_batch(questions, passages, answers)
+        flat = score_sequences(
+            self.generator, encoded, self.prompts.collate, mode=self.config.scoring,
+            micro_batch_size=self.config.micro_batch_size, length_normalize=self.config.length_normalize,
+        )
+        seq_lp = flat.view(len(questions), -1)
+        return seq_lp.detach() if self.config.freeze_generator else seq_lp
+
+    def forward(
+        self,
+        questions: Optional[Sequence[str]] = None,
+        answers: Optional[Sequence[str]] = None,
+        num_docs: Optional[int] = None,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> RagOutput:
+        """Retrieve, score and marginalise; `loss` is set when answers are given."""
+        questions = self._questions(questions, input_ids, attention_mask)
+        doc_lp, retrieved = self.retrieve(questions, num_docs)
+        if answers is None:
+            return RagOutput(None, doc_lp, None, retrieved.passages)
+        answers = [answers] if isinstance(answers, str) else list(answers)
+        if len(answers) != len(questions):
+            raise ValueError(
+                f"answers: expected one answer per question ({len(questions)}), got {len(answers)}"
+            )
+        seq_lp = self.score(questions, retrieved.passages, answers)
+        loss = rag_sequence_nll(doc_lp, seq_lp.to(doc_lp.device))
+        return RagOutput(loss, doc_lp, seq_lp, retrieved.passages)
+
+    # -- decoding and files -------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        questions: Optional[Sequence[str]] = None,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        num_docs: Optional[int] = None,
+        max_new_tokens: int = 128,
+        decoding: str = "thorough",
+        **generate_kwargs,
+    ) -> list[RagAnswer]:
+        """RAG-Sequence decoding; see `generation.DECODERS` for the modes."""
+        from .generation import rag_generate
+
+        questions = self._questions(questions, input_ids, attention_mask)
+        return rag_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens, decoding,
+                            **generate_kwargs)
+
+    def save_pretrained(self, directory) -> None:
+        from .serialization import save_rag
+
+        save_rag(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, **kwargs) -> "RAGSequence":
+        from .serialization import load_rag
+
+        return load_rag(cls, directory, **kwargs)
+
+    @classmethod
+    def from_defaults(cls, texts_or_index, ids=None, *, titles=None, metadatas=None, **kwargs) -> "RAGSequence":
+        """The embedded defaults (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct) over `texts_or_index`."""
+        from .models.defaults import default_generator, default_question_encoder
+
+        encoder = default_question_encoder()
+        if isinstance(texts_or_index, (DocumentIndex, Retriever)):
+            index = texts_or_index
+        else:
+            index = DocumentIndex.from_texts(list(texts_or_index), encoder, ids=ids, titles=titles,
+                                             metadatas=metadatas)
+        generator, tokenizer = default_generator()
+        return cls(question_encoder=encoder, retriever=index, generator_tokenizer=tokenizer,
+                   generator=generator, **kwargs)
+
+
+def _with_pad_token(tokenizer, generator):
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                "generator_tokenizer: expected a pad or EOS token, got neither; set tokenizer.pad_token"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    gen_config = getattr(generator, "generation_config", None)
+    if gen_config is not None and gen_config.pad_token_id is None:
+        gen_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
