@@ -1,0 +1,562 @@
+"""DocumentIndex: a FAISS inner-product index plus the passages and their embeddings.
+
+Boundary: the index maps query vectors to the top-K passages. It knows nothing
+of prompts or generators, and of encoders only their `encode(texts)` method and
+`name` (recorded so a saved index can refuse a mismatched encoder).
+
+Shapes: N passages, B queries, K results per query, D embedding size.
+
+On disk (`save`/`load`), a directory written atomically, no pickle anywhere:
+    index.faiss              faiss.serialize_index bytes
+    passages.jsonl           one {"id", "text", "title", "metadata"} per line
+    embeddings.safetensors   {"embeddings": float32 (N, D)}
+    manifest.json            format_version, dim, count, encoder_name,
+                             index_factory, metric, search params, and the
+                             sha256 and size of every other file
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import faiss
+import numpy as np
+import safetensors.numpy
+import torch
+
+from contextflow_core.io_utils import atomic_dir, sha256_bytes
+from contextflow_core.types import Passage, Retrieved
+
+FORMAT_VERSION = 1
+METRIC = "inner_product"
+FAISS_FILE, PASSAGES_FILE, EMBEDDINGS_FILE, MANIFEST_FILE = (
+    "index.faiss", "passages.jsonl", "embeddings.safetensors", "manifest.json")
+DEFAULT_EF_SEARCH = 64
+
+ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[Sequence[float]]]
+
+
+# ----------------------------------------------------------------------------- validation
+def _as_matrix(arg: str, x: Any, *, rows: Optional[int] = None, dim: Optional[int] = None,
+               copy: bool = True) -> np.ndarray:
+    """`x` as a C-contiguous float32 (N, D) array (a fresh copy if `copy`), or ValueError naming `arg`."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    try:
+        arr = np.array(x, dtype=np.float32, order="C", copy=True) if copy else np.ascontiguousarray(x, np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{arg}: expected a float array of shape (N, D), got {type(x).__name__} ({e})") from e
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"{arg}: expected a 2-D array of shape (N, D) with D > 0, got shape {tuple(arr.shape)}")
+    if rows is not None and arr.shape[0] != rows:
+        raise ValueError(f"{arg}: expected {rows} rows, one per passage, got {arr.shape[0]}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{arg}: expected dimension {dim} (the index's), got {arr.shape[1]}")
+    if not np.isfinite(arr).all():
+        row = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise ValueError(f"{arg}: expected finite values, got NaN or inf in row {row}")
+    return arr
+
+
+def _check_texts(texts: Any) -> list[str]:
+    if isinstance(texts, str):
+        raise ValueError("texts: expected a list of strings, got a single string; wrap it in a list")
+    try:
+        texts = list(texts)
+    except TypeError as e:
+        raise ValueError(f"texts: expected a list of strings, got {type(texts).__name__}") from e
+    if not texts:
+        raise ValueError("texts: expected at least one text, got an empty list")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts: expected strings, got {type(text).__name__} at position {i}")
+    return texts
+
+
+def _check_len(arg: str, values: Any, n: int) -> list:
+    if isinstance(values, (str, Mapping)):
+        raise ValueError(f"{arg}: expected a list of {n} {arg}, one per text, got a single {type(values).__name__}")
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{arg}: expected {n} {arg}, one per text, got {len(values)}")
+    return values
+
+
+def _check_ids(ids: Sequence[Any], arg: str, existing: Optional[Mapping[str, int]] = None) -> None:
+    existing = existing or {}
+    seen: dict[str, int] = {}
+    for i, pid in enumerate(ids):
+        if not isinstance(pid, str) or not pid:
+            raise ValueError(f"{arg}: expected non-empty string ids, got {pid!r} at position {i}")
+        if pid in seen:
+            raise ValueError(f"{arg}: expected unique ids, got {pid!r} at positions {seen[pid]} and {i}")
+        if pid in existing:
+            raise ValueError(f"{arg}: expected new ids, got {pid!r} which is already in the index")
+        seen[pid] = i
+
+
+def _check_passages(passages: Any, existing: Optional[Mapping[str, int]] = None) -> list[Passage]:
+    passages = list(passages)
+    if not passages:
+        raise ValueError("passages: expected at least one passage, got an empty list")
+    for i, p in enumerate(passages):
+        if not isinstance(p, Passage):
+            raise ValueError(f"passages: expected Passage objects, got {type(p).__name__} at position {i}")
+        if not isinstance(p.text, str):
+            raise ValueError(f"passages: expected string text, got {type(p.text).__name__} at position {i}")
+    _check_ids([p.id for p in passages], "passages", existing)
+    return passages
+
+
+def _make_passages(texts, ids, titles, metadatas, default_ids: Sequence[str],
+                   existing: Optional[Mapping[str, int]] = None) -> list[Passage]:
+    """Validated Passages from parallel lists (`default_ids` used when `ids` is None)."""
+    texts = _check_texts(texts)
+    n = len(texts)
+    ids = list(default_ids[:n]) if ids is None else _check_len("ids", ids, n)
+    titles = [None] * n if titles is None else _check_len("titles", titles, n)
+    metadatas = [None] * n if metadatas is None else _check_len("metadatas", metadatas, n)
+    _check_ids(ids, "ids", existing)
+    for i, (title, meta) in enumerate(zip(titles, metadatas)):
+        if title is not None and not isinstance(title, str):
+            raise ValueError(f"titles: expected a string or None, got {type(title).__name__} at position {i}")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ValueError(f"metadatas: expected a dict or None, got {type(meta).__name__} at position {i}")
+    rows = zip(ids, texts, titles, metadatas)
+    return [Passage(id=i, text=t, title=ti, metadata=dict(m or {})) for i, t, ti, m in rows]
+
+
+def _check_k(k: Any, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k: expected a positive integer, got {k!r}")
+    if k > n:
+        warnings.warn(f"k={k} is larger than the index ({n} passages); returning all {n} passages", stacklevel=3)
+    return int(min(k, n))
+
+
+def _encode(encoder: Any, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
+    if not callable(getattr(encoder, "encode", None)):
+        raise ValueError(
+            f"encoder: expected an object with .encode(texts) (e.g. TextEncoder), got {type(encoder).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    out = encoder.encode(texts, batch_size=batch_size, show_progress=show_progress)
+    return _as_matrix("encoder output", out, rows=len(texts))
+
+
+def _encoder_name(encoder: Any) -> str:
+    return getattr(encoder, "name", None) or type(encoder).__name__
+
+
+# ----------------------------------------------------------------------------- faiss
+def _faiss_reason(e: Exception) -> str:
+    return str(e).strip().splitlines()[-1].rsplit(": ", 1)[-1]
+
+
+def _new_faiss(index_factory: str, embeddings: np.ndarray) -> faiss.Index:
+    """An inner-product faiss index built from `index_factory`, trained if needed, holding `embeddings`."""
+    n, dim = embeddings.shape
+    try:
+        index = faiss.index_factory(dim, index_factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            index.train(embeddings)
+        index.add(embeddings)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"index_factory: faiss could not build {index_factory!r} for {n} vectors of dimension {dim}: "
+            f"{_faiss_reason(e)}") from e
+    return index
+
+
+def _set_param(index: faiss.Index, name: str, value: int) -> bool:
+    """Set a faiss search parameter through any wrapper; False if the index has no such parameter."""
+    try:
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _nlist(index: faiss.Index) -> Optional[int]:
+    try:
+        return int(faiss.extract_index_ivf(index).nlist)
+    except RuntimeError:
+        return None
+
+
+def _exact_top_rows(queries: np.ndarray, embeddings: np.ndarray, k: int) -> np.ndarray:
+    scores = queries @ embeddings.T  # (B, N)
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
+# ----------------------------------------------------------------------------- index
+class DocumentIndex:
+    """Passages, their (N, D) float32 embeddings, and a FAISS inner-product index over them.
+
+    Build one with `from_texts`, `from_passages` or `from_embeddings`; the
+    constructor takes an already-filled faiss index (used by `load`).
+
+    Args:
+        passages: The N passages, row i of `embeddings` belongs to passage i.
+        embeddings: (N, D) float32 passage embeddings.
+        faiss_index: A faiss index holding exactly `embeddings`, in order.
+        index_factory: The faiss factory string it was built from.
+        encoder_name: Name of the encoder that produced `embeddings`.
+        nprobe: IVF cells visited per query (IVF only); default max(8, sqrt(nlist)).
+        ef_search: HNSW search breadth (HNSW only), raised to k when k is larger.
+
+    Example:
+        >>> index = DocumentIndex.from_texts(["a", "b"], encoder)  # doctest: +SKIP
+        >>> index.search(encoder.encode(["a?"]), k=1).ids  # doctest: +SKIP
+        [['0']]
+    """
+
+    def __init__(self, passages: Sequence[Passage], embeddings: np.ndarray, faiss_index: faiss.Index, *,
+                 index_factory: str = "Flat", encoder_name: Optional[str] = None,
+                 nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> None:
+        self._passages = _check_passages(passages)
+        self._embeddings = _as_matrix("embeddings", embeddings, rows=len(self._passages), copy=False)  # (N, D)
+        if faiss_index.ntotal != len(self._passages) or faiss_index.d != self.dim:
+            raise ValueError(f"faiss_index: expected {len(self._passages)} vectors of dimension {self.dim}, "
+                             f"got {faiss_index.ntotal} of dimension {faiss_index.d}")
+        self._faiss = faiss_index
+        self._rows = {p.id: i for i, p in enumerate(self._passages)}
+        self.index_factory = index_factory
+        self.encoder_name = encoder_name
+        nlist = _nlist(faiss_index)
+        if nprobe is not None and nlist is None:
+            raise ValueError(f"nprobe: only IVF indexes use nprobe; index_factory {index_factory!r} is not IVF")
+        self._nprobe = None if nlist is None else min(nlist, max(8, round(math.sqrt(nlist))))
+        if nprobe is not None:
+            self.nprobe = nprobe
+        self._ef_search = (ef_search or DEFAULT_EF_SEARCH) if _set_param(faiss_index, "efSearch", 16) else None
+        self._apply_search_params(k=1)
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def from_embeddings(cls, passages: Sequence[Passage], embeddings: ArrayLike, *, index_factory: str = "Flat",
+                        encoder_name: Optional[str] = None, nprobe: Optional[int] = None) -> "DocumentIndex":
+        """Index precomputed (N, D) `embeddings` of `passages` (row i belongs to passage i)."""
+        passages = _check_passages(passages)
+        embeddings = _as_matrix("embeddings", embeddings, rows=len(passages))
+        return cls(passages, embeddings, _new_faiss(index_factory, embeddings),
+                   index_factory=index_factory, encoder_name=encoder_name, nprobe=nprobe)
+
+    @classmethod
+    def from_passages(cls, passages: Sequence[Passage], encoder: Any, *, index_factory: str = "Flat",
+                      batch_size: int = 64, show_progress: bool = True,
+                      nprobe: Optional[int] = None) -> "DocumentIndex":
+        """Encode each passage's text with `encoder.encode` and index the result."""
+        passages = _check_passages(passages)
+        embeddings = _encode(encoder, [p.text for p in passages], batch_size, show_progress)
+        return cls.from_embeddings(passages, embeddings, index_factory=index_factory,
+                                   encoder_name=_encoder_name(encoder), nprobe=nprobe)
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], encoder: Any, *, ids: Optional[Sequence[str]] = None,
+                   titles: Optional[Sequence[Optional[str]]] = None,
+                   metadatas: Optional[Sequence[Optional[dict]]] = None, index_factory: str = "Flat",
+                   batch_size: int = 64, show_progress: bool = True, nprobe: Optional[int] = None) -> "DocumentIndex":
+        """Build an index from raw texts; ids default to "0", "1", ...
+
+        Args:
+            texts: Passage bodies.
+            encoder: Anything with `encode(texts, batch_size=, show_progress=) -> (N, D)`.
+            ids, titles, metadatas: Optional per-text lists, same length as `texts`.
+            index_factory: faiss factory string: "Flat" (exact), "HNSW32", "IVF256,Flat", "IVF256,PQ16", ...
+            batch_size: Encoding batch size.
+            show_progress: Show an encoding progress bar.
+            nprobe: IVF cells visited per query (IVF factories only).
+        """
+        texts = _check_texts(texts)
+        passages = _make_passages(texts, ids, titles, metadatas, [str(i) for i in range(len(texts))])
+        return cls.from_passages(passages, encoder, index_factory=index_factory, batch_size=batch_size,
+                                 show_progress=show_progress, nprobe=nprobe)
+
+    # -- accessors ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._passages)
+
+    def __contains__(self, passage_id: object) -> bool:
+        return passage_id in self._rows
+
+    def __repr__(self) -> str:
+        return (f"DocumentIndex(count={len(self)}, dim={self.dim}, index_factory={self.index_factory!r}, "
+                f"encoder_name={self.encoder_name!r})")
+
+    @property
+    def dim(self) -> int:
+        """Embedding size D."""
+        return int(self._embeddings.shape[1])
+
+    @property
+    def passages(self) -> list[Passage]:
+        """All passages, in index order (a copy of the list)."""
+        return list(self._passages)
+
+    @property
+    def ids(self) -> list[str]:
+        """All passage ids, in index order."""
+        return [p.id for p in self._passages]
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """(N, D) float32 copy of the stored passage embeddings."""
+        return torch.from_numpy(self._embeddings.copy())
+
+    @property
+    def nprobe(self) -> Optional[int]:
+        """IVF cells visited per query (None for non-IVF indexes)."""
+        return self._nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if self._nprobe is None:
+            raise ValueError(f"nprobe: only IVF indexes use nprobe; index_factory {self.index_factory!r} is not IVF")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"nprobe: expected a positive integer, got {value!r}")
+        self._nprobe = value
+
+    def get(self, passage_id: str) -> Passage:
+        """The passage with id `passage_id`; KeyError if absent."""
+        if passage_id not in self._rows:
+            raise KeyError(f"passage id {passage_id!r} is not in the index")
+        return self._passages[self._rows[passage_id]]
+
+    # -- search -------------------------------------------------------------------------
+    def search(self, query_embeddings: ArrayLike, k: int) -> Retrieved:
+        """Top-k passages for each query by inner product, best first.
+
+        Scores are exact inner products with the stored embeddings (approximate
+        indexes only choose the candidates). Slots an approximate index leaves
+        empty (-1) are filled by an exact search for that query.
+
+        Args:
+            query_embeddings: (B, D) torch tensor or numpy array (detached if needed).
+            k: Results per query; larger than the index returns every passage, with a warning.
+
+        Returns:
+            Retrieved with ids (B, K), scores (B, K), embeddings (B, K, D), passages (B, K).
+        """
+        queries = _as_matrix("query_embeddings", query_embeddings, dim=self.dim)  # (B, D)
+        k = _check_k(k, len(self))
+        rows = self._top_rows(queries, k)  # (B, K)
+        embeddings = self._embeddings[rows]  # (B, K, D)
+        scores = np.einsum("bd,bkd->bk", queries, embeddings)  # (B, K)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        rows = np.take_along_axis(rows, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        embeddings = np.take_along_axis(embeddings, order[..., None], axis=1)
+        passages = [[self._passages[r] for r in row] for row in rows.tolist()]
+        return Retrieved(ids=[[p.id for p in row] for row in passages],
+                         scores=torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)),
+                         embeddings=torch.from_numpy(np.ascontiguousarray(embeddings)), passages=passages)
+
+    def _apply_search_params(self, k: int) -> None:
+        if self._nprobe is not None:
+            _set_param(self._faiss, "nprobe", self._nprobe)
+        if self._ef_search is not None:
+            _set_param(self._faiss, "efSearch", max(self._ef_search, k))
+
+    def _top_rows(self, queries: np.ndarray, k: int) -> np.ndarray:
+        if len(queries) == 0:
+            return np.zeros((0, k), dtype=np.int64)
+        self._apply_search_params(k)
+        _, rows = self._faiss.search(queries, k)  # (B, K), -1 where missing
+        missing = (rows < 0).any(axis=1)
+        if missing.any():
+            rows[missing] = _exact_top_rows(queries[missing], self._embeddings, k)
+        return rows
+
+    # -- updates ------------------------------------------------------------------------
+    def add(self, texts_or_passages: Sequence[Union[str, Passage]], encoder: Any = None, *,
+            ids: Optional[Sequence[str]] = None, titles: Optional[Sequence[Optional[str]]] = None,
+            metadatas: Optional[Sequence[Optional[dict]]] = None, embeddings: Optional[ArrayLike] = None,
+            batch_size: int = 64, show_progress: bool = False) -> list[str]:
+        """Add passages (or texts with optional ids/titles/metadatas) and return their ids.
+
+        New ids default to the first free "N", "N+1", ... with N = len(self). Give either `encoder`
+        or precomputed (M, D) `embeddings`.
+        """
+        passages = self._new_passages(texts_or_passages, ids, titles, metadatas)
+        if embeddings is not None:
+            new = _as_matrix("embeddings", embeddings, rows=len(passages), dim=self.dim)
+        elif encoder is not None:
+            if self.encoder_name and _encoder_name(encoder) != self.encoder_name:
+                warnings.warn(f"encoder {_encoder_name(encoder)!r} differs from the index's {self.encoder_name!r}",
+                              stacklevel=2)
+            new = _as_matrix("embeddings", _encode(encoder, [p.text for p in passages], batch_size, show_progress),
+                             dim=self.dim)
+        else:
+            raise ValueError("encoder: expected an encoder to embed the new passages, got None; "
+                             "pass encoder= or embeddings=")
+        self._faiss.add(new)
+        self._embeddings = np.concatenate([self._embeddings, new])
+        self._rows.update({p.id: len(self._passages) + i for i, p in enumerate(passages)})
+        self._passages.extend(passages)
+        return [p.id for p in passages]
+
+    def _new_passages(self, items, ids, titles, metadatas) -> list[Passage]:
+        items = [items] if isinstance(items, Passage) else items if isinstance(items, str) else list(items)
+        if items and all(isinstance(p, Passage) for p in items):
+            if ids is not None or titles is not None or metadatas is not None:
+                raise ValueError("ids: expected None when adding Passage objects "
+                                 "(they carry their own id, title, metadata)")
+            return _check_passages(items, self._rows)
+        free = (str(i) for i in range(len(self), 2 * len(self) + len(items) + 1) if str(i) not in self._rows)
+        return _make_passages(items, ids, titles, metadatas, [next(free) for _ in items], self._rows)
+
+    def remove(self, ids: Union[str, Sequence[str]]) -> None:
+        """Remove the passages with these ids; KeyError if any is absent, ValueError if none would remain."""
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        unknown = [i for i in ids if i not in self._rows]
+        if unknown:
+            raise KeyError(f"ids: not in the index: {unknown[:5]}")
+        drop = {self._rows[i] for i in ids}
+        if len(drop) == len(self):
+            raise ValueError(f"ids: removing all {len(self)} passages would leave the index empty; build a new one")
+        keep = np.array([r for r in range(len(self)) if r not in drop], dtype=np.int64)
+        self._passages = [self._passages[r] for r in keep]
+        self._embeddings = np.ascontiguousarray(self._embeddings[keep])
+        self._rows = {p.id: i for i, p in enumerate(self._passages)}
+        self._faiss.reset()  # keeps IVF/PQ training; rows renumber densely
+        self._faiss.add(self._embeddings)
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, directory: Union[str, Path]) -> Path:
+        """Write the index to `directory` atomically (an existing one is replaced only on success)."""
+        blobs = {
+            FAISS_FILE: faiss.serialize_index(self._faiss).tobytes(),
+            PASSAGES_FILE: _passages_jsonl(self._passages),
+            EMBEDDINGS_FILE: safetensors.numpy.save({"embeddings": self._embeddings}),
+        }
+        with atomic_dir(directory) as tmp:
+            files = {name: _write_file(tmp / name, data) for name, data in blobs.items()}
+            manifest = {
+                "format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self),
+                "encoder_name": self.encoder_name, "index_factory": self.index_factory, "metric": METRIC,
+                "nprobe": self._nprobe, "ef_search": self._ef_search, "files": files,
+            }
+            _write_file(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: Union[str, Path], *, expected_encoder_name: Optional[str] = None,
+             expected_dim: Optional[int] = None) -> "DocumentIndex":
+        """Load an index written by `save`, verifying the manifest and every checksum.
+
+        Raises:
+            FileNotFoundError: The directory or one of its files is missing.
+            ValueError: Corrupted/truncated file, unknown format version, inconsistent
+                counts or dimensions, or a mismatch with `expected_encoder_name`/`expected_dim`.
+        """
+        directory = Path(directory)
+        manifest = _read_manifest(directory)
+        _check_expected(directory, manifest, expected_encoder_name, expected_dim)
+        count, dim = manifest["count"], manifest["dim"]
+        passages = _parse_passages(_read_checked(directory, manifest, PASSAGES_FILE), count, directory)
+        embeddings = _parse_embeddings(_read_checked(directory, manifest, EMBEDDINGS_FILE), count, dim, directory)
+        faiss_index = _parse_faiss(_read_checked(directory, manifest, FAISS_FILE), count, dim, directory)
+        return cls(passages, embeddings, faiss_index, index_factory=manifest["index_factory"],
+                   encoder_name=manifest.get("encoder_name"), nprobe=manifest.get("nprobe"),
+                   ef_search=manifest.get("ef_search"))
+
+
+# ----------------------------------------------------------------------------- file formats
+def _write_file(path: Path, data: bytes) -> dict[str, Any]:
+    """Write `data` to `path` (inside an atomic_dir) and return its manifest entry."""
+    path.write_bytes(data)
+    return {"sha256": sha256_bytes(data), "size": len(data)}
+
+
+def _passages_jsonl(passages: Sequence[Passage]) -> bytes:
+    lines = []
+    for p in passages:
+        record = {"id": p.id, "text": p.text, "title": p.title, "metadata": p.metadata}
+        try:
+            lines.append(json.dumps(record, ensure_ascii=False))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"metadatas: passage {p.id!r} has metadata that is not JSON-serialisable: {e}") from e
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_FILE
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such index directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest missing; is {directory} a saved DocumentIndex?")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: manifest is not valid JSON (truncated or corrupted?): {e}") from e
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {version!r} is not supported (this contextflow reads {FORMAT_VERSION})")
+    missing = [key for key in ("dim", "count", "index_factory", "metric", "files") if key not in manifest]
+    if missing:
+        raise ValueError(f"{path}: manifest lacks {missing}")
+    if manifest["metric"] != METRIC:
+        raise ValueError(f"{path}: metric {manifest['metric']!r} is not supported (expected {METRIC!r})")
+    return manifest
+
+
+def _check_expected(directory: Path, manifest: dict, encoder_name: Optional[str], dim: Optional[int]) -> None:
+    if encoder_name is not None and manifest.get("encoder_name") != encoder_name:
+        raise ValueError(f"{directory}: index was built with encoder {manifest.get('encoder_name')!r}, "
+                         f"expected_encoder_name is {encoder_name!r}; rebuild the index with this encoder")
+    if dim is not None and manifest["dim"] != dim:
+        raise ValueError(f"{directory}: index has dimension {manifest['dim']}, expected_dim is {dim}")
+
+
+def _read_checked(directory: Path, manifest: dict, name: str) -> bytes:
+    path = directory / name
+    entry = manifest["files"].get(name) if isinstance(manifest["files"], dict) else None
+    if not isinstance(entry, dict) or not {"size", "sha256"} <= entry.keys():
+        raise ValueError(f"{directory / MANIFEST_FILE}: manifest lists no size and sha256 for {name}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file missing from the saved index")
+    data = path.read_bytes()
+    if len(data) != entry["size"]:
+        raise ValueError(f"{path}: expected {entry['size']} bytes, got {len(data)} (truncated or corrupted file)")
+    if sha256_bytes(data) != entry["sha256"]:
+        raise ValueError(f"{path}: sha256 checksum mismatch (corrupted file); expected {entry['sha256']}")
+    return data
+
+
+def _parse_passages(data: bytes, count: int, directory: Path) -> list[Passage]:
+    try:
+        records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+        passages = [Passage(r["id"], r["text"], r.get("title"), r.get("metadata") or {}) for r in records]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{directory / PASSAGES_FILE}: unreadable passage record: {e}") from e
+    if len(passages) != count:
+        raise ValueError(f"{directory / PASSAGES_FILE}: manifest count is {count}, file has {len(passages)} passages")
+    return passages
+
+
+def _parse_embeddings(data: bytes, count: int, dim: int, directory: Path) -> np.ndarray:
+    try:
+        embeddings = safetensors.numpy.load(data)["embeddings"]
+    except Exception as e:  # safetensors raises its own error type for malformed headers
+        raise ValueError(f"{directory / EMBEDDINGS_FILE}: unreadable safetensors file: {e}") from e
+    if embeddings.shape != (count, dim):
+        raise ValueError(f"{directory / EMBEDDINGS_FILE}: expected shape ({count}, {dim}) from the manifest, "
+                         f"got {tuple(embeddings.shape)}")
+    return embeddings
+
+
+def _parse_faiss(data: bytes, count: int, dim: int, directory: Path) -> faiss.Index:
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as e:
+        raise ValueError(f"{directory / FAISS_FILE}: unreadable faiss index: {_faiss_reason(e)}") from e
+    if index.ntotal != count or index.d != dim:
+        raise ValueError(f"{directory / FAISS_FILE}: expected {count} vectors of dimension {dim} from the manifest, "
+                         f"got {index.ntotal} of dimension {index.d}")
+    return index

@@ -1,0 +1,95 @@
+"""Retriever: a DocumentIndex plus the question encoder that queries it.
+
+Boundary: turns questions into top-K passages (via `encoder.encode` and
+`DocumentIndex.search`). It knows nothing of prompts or generators; the model
+recomputes differentiable scores itself from `Retrieved.embeddings`.
+
+Shapes: B questions, K passages each, D embedding size.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from contextflow_core.retrieval.index import ArrayLike, DocumentIndex
+from contextflow_core.types import Retrieved
+
+
+def _check_k(k: Any, arg: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"{arg}: expected a positive integer, got {k!r}")
+    return k
+
+
+class Retriever:
+    """Query-time wrapper of a `DocumentIndex`.
+
+    Args:
+        index: The passages to search.
+        encoder: Question encoder with `encode(texts) -> (B, D)`; needed by
+            `retrieve`, not by `search`.
+        k: Default number of passages per question.
+
+    Example:
+        >>> retriever = Retriever(index, question_encoder, k=3)  # doctest: +SKIP
+        >>> retriever.retrieve(["Who founded Tarsk?"]).ids  # doctest: +SKIP
+        [['3', '1', '0']]
+    """
+
+    def __init__(self, index: DocumentIndex, encoder: Any = None, *, k: int = 5) -> None:
+        if not isinstance(index, DocumentIndex):
+            raise ValueError(f"index: expected a DocumentIndex, got {type(index).__name__}")
+        enc_dim = getattr(encoder, "dim", None)
+        if isinstance(enc_dim, int) and enc_dim != index.dim:
+            raise ValueError(f"encoder: expected embeddings of dimension {index.dim} (the index's), "
+                             f"got an encoder of dimension {enc_dim}")
+        self._index = index
+        self._encoder = encoder
+        self.k = _check_k(k)
+
+    @property
+    def index(self) -> DocumentIndex:
+        """The wrapped DocumentIndex."""
+        return self._index
+
+    @property
+    def encoder(self) -> Any:
+        """The question encoder (None when only `search` is used)."""
+        return self._encoder
+
+    def retrieve(self, questions: Sequence[str], k: Optional[int] = None) -> Retrieved:
+        """Encode `questions` and return their top-k passages (k defaults to `self.k`)."""
+        if self._encoder is None:
+            raise ValueError("encoder: expected a question encoder to embed questions, got None; "
+                             "build the Retriever with encoder=... or call search() with embeddings")
+        if isinstance(questions, str):
+            raise ValueError("questions: expected a list of strings, got a single string; wrap it in a list")
+        questions = list(questions)
+        for i, q in enumerate(questions):
+            if not isinstance(q, str):
+                raise ValueError(f"questions: expected strings, got {type(q).__name__} at position {i}")
+        return self.search(self._encoder.encode(questions), k)
+
+    def search(self, query_embeddings: ArrayLike, k: Optional[int] = None) -> Retrieved:
+        """Top-k passages for (B, D) query embeddings (delegates to `DocumentIndex.search`)."""
+        return self._index.search(query_embeddings, self.k if k is None else k)
+
+    def __repr__(self) -> str:
+        return f"Retriever(index={self._index!r}, encoder={getattr(self._encoder, 'name', None)!r}, k={self.k})"
+
+
+def as_retriever(obj: Any, encoder: Any = None, *, k: int = 5) -> Retriever:
+    """`obj` as a Retriever: a Retriever is returned as is, a DocumentIndex is wrapped.
+
+    Args:
+        obj: A Retriever or a DocumentIndex.
+        encoder: Question encoder for a wrapped DocumentIndex (ignored for a Retriever
+            that has one; set on one that has none).
+        k: Default k for a wrapped DocumentIndex.
+    """
+    if isinstance(obj, Retriever):
+        if obj.encoder is None and encoder is not None:
+            return Retriever(obj.index, encoder, k=obj.k)
+        return obj
+    if isinstance(obj, DocumentIndex):
+        return Retriever(obj, encoder, k=k)
+    raise TypeError(f"retriever: expected a Retriever or a DocumentIndex, got {type(obj).__name__}")
