@@ -133,3 +133,29 @@ def test_beam_search_candidates(rag):
 def test_unknown_decoding_rejected(rag):
     with pytest.raises(ValueError, match="decoding: expected one of"):
         rag.generate(questions=QS, decoding="greedy")
+
+
+def test_save_load_round_trip_gives_identical_loss_and_answers(rag, tmp_path):
+    rag.save_pretrained(tmp_path / "m")
+    again = RAGSequence.from_pretrained(tmp_path / "m")
+    a, b = rag(questions=QS, answers=ANS), again(questions=QS, answers=ANS)
+    assert torch.allclose(a.loss, b.loss, atol=1e-6)
+    assert [x.text for x in rag.generate(questions=QS, max_new_tokens=4)] == \
+        [x.text for x in again.generate(questions=QS, max_new_tokens=4)]
+    assert again.prompt_config == rag.prompt_config and again.config == rag.config
+
+
+def test_load_refuses_tampered_file_and_pickles(rag, tmp_path):
+    rag.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "generator" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        RAGSequence.from_pretrained(tmp_path / "m")
+    rag.save_pretrained(tmp_path / "n")
+    (tmp_path / "n" / "generator" / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(ValueError, match="refusing to load pickle"):
+        RAGSequence.from_pretrained(tmp_path / "n")
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        RAGSequence.from_pretrained(tmp_path / "missing")

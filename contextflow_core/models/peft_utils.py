@@ -14,6 +14,20 @@ def _lora_config(task_type, r: int, alpha: int, dropout: float, target_modules):
                       task_type=task_type, bias="none")
 
 
+def _keep_4bit_trainable(module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) converts a `Linear4bit`
+    weight to a packed inference layout the first time the layer runs in eval
+    mode without gradient, and from then on no gradient reaches LoRA adapters.
+    Generation and evaluation run in eval mode between training steps, so the
+    packing is switched off on adapted models.
+    """
+    for sub in module.modules():
+        if hasattr(sub, "support_avx512bf16_for_cpu"):
+            sub.support_avx512bf16_for_cpu = False
+
+
 def add_lora(
     model,
     *,
@@ -49,6 +63,7 @@ def add_lora(
     if generator and not hasattr(model.generator, "peft_config"):
         gen = model.generator
         if getattr(gen, "is_loaded_in_4bit", False) or getattr(gen, "is_loaded_in_8bit", False):
+            _keep_4bit_trainable(gen)
             gen = prepare_model_for_kbit_training(gen, use_gradient_checkpointing=model.config.gradient_checkpointing)
         model.generator = get_peft_model(gen, _lora_config("CAUSAL_LM", r, alpha, dropout, generator_targets))
     if question_encoder and not hasattr(model.question_encoder.model, "peft_config"):
