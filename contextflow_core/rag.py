@@ -31,6 +31,7 @@ from torch import nn
 from .config import PromptConfig, RagConfig
 from .loss import doc_log_probs, rag_sequence_nll
 from .models.encoders import TextEncoder
+from .models.loading import ensure_pad_token
 from .prompts import PromptBuilder
 from .retrieval import DocumentIndex, Retriever, as_retriever
 from .scoring import score_sequences
@@ -82,7 +83,7 @@ class RAGSequence(nn.Module):
         self.question_encoder = wrap_question_encoder(question_encoder, question_encoder_tokenizer)
         self.retriever = as_retriever(retriever)
         self.generator = generator
-        self.generator_tokenizer = _with_pad_token(generator_tokenizer, generator)
+        self.generator_tokenizer = ensure_pad_token(generator_tokenizer, generator)
         self.config = config or RagConfig()
         if num_docs is not None:
             self.config = RagConfig(**{**self.config.__dict__, "num_docs": num_docs})
@@ -236,15 +237,3 @@ class RAGSequence(nn.Module):
         return cls(question_encoder=encoder, retriever=index, generator_tokenizer=tokenizer,
                    generator=generator, **kwargs)
 
-
-def _with_pad_token(tokenizer, generator):
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token_id is None:
-            raise ValueError(
-                "generator_tokenizer: expected a pad or EOS token, got neither; set tokenizer.pad_token"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    gen_config = getattr(generator, "generation_config", None)
-    if gen_config is not None and gen_config.pad_token_id is None:
-        gen_config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer
