@@ -9,6 +9,7 @@ from contextflow_core.models import (
 )
 from contextflow_core.prompts import PromptBuilder
 from contextflow_core.rag import RAGSequence
+from contextflow_core.rag_token import RAGToken
 from contextflow_core.retrieval import DocumentIndex, Retriever
 from contextflow_core.types import Passage, RagAnswer, RagOutput, Retrieved
 
@@ -20,6 +21,7 @@ __all__ = [
     "PromptBuilder",
     "PromptConfig",
     "RAGSequence",
+    "RAGToken",
     "RagAnswer",
     "RagConfig",
     "RagOutput",

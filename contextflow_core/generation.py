@@ -179,3 +179,70 @@ def rag_generate(model, questions: list[str], num_docs: int, max_new_tokens: int
         return DECODERS[decoding](model, questions, doc_lp, retrieved.passages, max_new_tokens, generate_kwargs)
     finally:
         model.train(was_training)
+
+
+# -- RAG-Token ----------------------------------------------------------------
+def _next_token(mixture: torch.Tensor, do_sample: bool, temperature: float, top_k) -> torch.Tensor:
+    """Pick one token per question from the (B, V) mixture log-probs."""
+    if not do_sample:
+        return mixture.argmax(-1)
+    logits = mixture / max(temperature, 1e-6)
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+
+
+def _cache_kwargs(generator, output) -> dict:
+    """The KV cache of `output` as the keyword this transformers version takes
+    (`cache` from 5.x, `past_key_values` before)."""
+    import inspect
+
+    cache = output.get("cache", None) if hasattr(output, "get") else None
+    if cache is not None and "cache" in inspect.signature(generator.forward).parameters:
+        return {"cache": cache}
+    return {"past_key_values": output.past_key_values}
+
+
+def rag_token_generate(model, questions: list[str], num_docs: int, max_new_tokens: int, *,
+                       do_sample: bool = False, temperature: float = 1.0, top_k=None) -> list[RagAnswer]:
+    """RAG-Token decoding: K KV caches in parallel, one shared token stream per question.
+
+    Each step picks y_t from sum_k p(z_k|x) p(y_t | f(x,z_k), y_<t) and feeds it
+    to all K streams. Sources are weighted by p(z_k | x, y) accumulated from the
+    same per-passage token log-probs, so no extra pass is needed.
+    """
+    gen, tok = model.generator, model.generator_tokenizer
+    doc_lp, retrieved = model.retrieve(questions, num_docs)
+    doc_lp = doc_lp.detach().float()
+    B, K = doc_lp.shape
+    batch = model.prompts.collate(model.prompts.encode_batch(questions, retrieved.passages))
+    device = next(gen.parameters()).device
+    mask, pos = batch["attention_mask"].to(device), batch["position_ids"].to(device)
+    out = gen(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=pos,
+              use_cache=True, logits_to_keep=1)
+    doc_lp = doc_lp.to(device)
+    eos = torch.tensor(sorted(_eos_ids(model)), device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    per_doc = torch.zeros(B, K, device=device)  # log p(y_<=t | f(x, z_k))
+    score = torch.zeros(B, device=device)
+    steps = []
+    for _ in range(max_new_tokens):
+        lp = torch.log_softmax(out.logits[:, -1].float(), -1).view(B, K, -1)  # (B, K, V)
+        mixture = torch.logsumexp(doc_lp.unsqueeze(-1) + lp, dim=1)  # (B, V)
+        nxt = _next_token(mixture, do_sample, temperature, top_k).masked_fill(finished, tok.pad_token_id)
+        live = (~finished).float()
+        score += mixture.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) * live
+        per_doc += lp.gather(-1, nxt.view(B, 1, 1).expand(B, K, 1)).squeeze(-1) * live.unsqueeze(-1)
+        steps.append(nxt)
+        finished |= torch.isin(nxt, eos)
+        if bool(finished.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(B * K, 1)], -1)
+        pos = pos[:, -1:] + 1
+        out = gen(input_ids=nxt.repeat_interleave(K).unsqueeze(-1), attention_mask=mask, position_ids=pos,
+                  use_cache=True, **_cache_kwargs(gen, out))
+    ids = torch.stack(steps, -1) if steps else torch.empty(B, 0, dtype=torch.long)
+    texts = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+    weights = torch.softmax(doc_lp + per_doc, -1).cpu()
+    return [_answer(t, retrieved.passages[b], weights[b], score[b]) for b, t in enumerate(texts)]

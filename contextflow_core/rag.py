@@ -145,6 +145,13 @@ class RAGSequence(nn.Module):
                 raise ValueError(f"questions[{i}]: expected non-empty text, got {q!r}")
         return questions
 
+    @staticmethod
+    def _answers(answers, questions: list[str]) -> list[str]:
+        answers = [answers] if isinstance(answers, str) else list(answers)
+        if len(answers) != len(questions):
+            raise ValueError(f"answers: expected one answer per question ({len(questions)}), got {len(answers)}")
+        return answers
+
     def retrieve(self, questions: Sequence[str], num_docs: Optional[int] = None) -> tuple[torch.Tensor, Retrieved]:
         """Top-K passages and log p_eta(z|x) (B, K), with gradient into the question encoder."""
         k = self.resolve_num_docs(num_docs)
@@ -183,11 +190,7 @@ class RAGSequence(nn.Module):
         doc_lp, retrieved = self.retrieve(questions, num_docs)
         if answers is None:
             return RagOutput(None, doc_lp, None, retrieved.passages)
-        answers = [answers] if isinstance(answers, str) else list(answers)
-        if len(answers) != len(questions):
-            raise ValueError(
-                f"answers: expected one answer per question ({len(questions)}), got {len(answers)}"
-            )
+        answers = self._answers(answers, questions)
         seq_lp = self.score(questions, retrieved.passages, answers)
         loss = rag_sequence_nll(doc_lp, seq_lp.to(doc_lp.device))
         return RagOutput(loss, doc_lp, seq_lp, retrieved.passages)

@@ -91,15 +91,37 @@ def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def score_batch(generator, batch: dict, mode: str = "logits_to_keep", length_normalize: bool = False) -> torch.Tensor:
-    """(N,) answer log-probs for one collated, left-padded batch."""
+def score_batch_tokens(generator, batch: dict, mode: str = "logits_to_keep") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token answer log-probs for one collated, left-padded batch.
+
+    Returns:
+        token_logprobs (N, T) (0 off the answer) and targets (N, T), answers
+        right-aligned so that every row's last position is its EOS.
+    """
     if mode not in SCORERS:
         raise ValueError(f"scoring mode must be one of {sorted(SCORERS)}, got {mode!r}")
     batch = {k: v.to(_device(generator)) for k, v in batch.items()}
-    targets = batch["labels"]
-    T = int((targets != IGNORE_INDEX).sum(-1).max())
-    token_lp = SCORERS[mode](generator, batch, T)  # (N, T)
-    return sequence_log_probs(token_lp, targets[:, -T:], length_normalize)
+    labels = batch["labels"]
+    T = int((labels != IGNORE_INDEX).sum(-1).max())
+    return SCORERS[mode](generator, batch, T), labels[:, -T:]
+
+
+def score_batch(generator, batch: dict, mode: str = "logits_to_keep", length_normalize: bool = False) -> torch.Tensor:
+    """(N,) answer log-probs for one collated, left-padded batch."""
+    token_lp, targets = score_batch_tokens(generator, batch, mode)
+    return sequence_log_probs(token_lp, targets, length_normalize)
+
+
+def _micro_batches(encoded: Sequence[EncodedPrompt], micro_batch_size: Optional[int]) -> tuple[list[list[int]], torch.Tensor]:
+    """Length-sorted index groups and the permutation that restores input order."""
+    n = len(encoded)
+    if n == 0:
+        raise ValueError("encoded: expected at least one (prompt, answer) sequence, got none")
+    size = micro_batch_size or n
+    order = sorted(range(n), key=lambda i: len(encoded[i].input_ids))
+    inverse = torch.empty(n, dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(n)
+    return [order[s : s + size] for s in range(0, n, size)], inverse
 
 
 def score_sequences(
@@ -116,16 +138,25 @@ def score_sequences(
     Sequences are grouped by length into micro-batches (all at once when
     `micro_batch_size` is None), so padding stays small.
     """
-    n = len(encoded)
-    if n == 0:
-        raise ValueError("encoded: expected at least one (prompt, answer) sequence, got none")
-    size = micro_batch_size or n
-    order = sorted(range(n), key=lambda i: len(encoded[i].input_ids))
-    parts = []
-    for start in range(0, n, size):
-        chunk = order[start : start + size]
-        parts.append(score_batch(generator, collate([encoded[i] for i in chunk]), mode, length_normalize))
+    groups, inverse = _micro_batches(encoded, micro_batch_size)
+    parts = [score_batch(generator, collate([encoded[i] for i in g]), mode, length_normalize) for g in groups]
     scores = torch.cat(parts)
-    inverse = torch.empty(n, dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(n)
     return scores[inverse.to(scores.device)]
+
+
+def score_tokens(
+    generator,
+    encoded: Sequence[EncodedPrompt],
+    collate: Callable[[Sequence[EncodedPrompt]], dict],
+    *,
+    mode: str = "logits_to_keep",
+    micro_batch_size: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token answer log-probs (N, T) and answer mask (N, T), right-aligned, in input order."""
+    groups, inverse = _micro_batches(encoded, micro_batch_size)
+    parts = [score_batch_tokens(generator, collate([encoded[i] for i in g]), mode) for g in groups]
+    T = max(lp.shape[1] for lp, _ in parts)
+    lps = torch.cat([torch.nn.functional.pad(lp, (T - lp.shape[1], 0)) for lp, _ in parts])
+    masks = torch.cat([torch.nn.functional.pad(t != IGNORE_INDEX, (T - t.shape[1], 0)) for _, t in parts])
+    inverse = inverse.to(lps.device)
+    return lps[inverse], masks[inverse]
