@@ -156,7 +156,7 @@ class RAGSequence(nn.Module):
         """Top-K passages and log p_eta(z|x) (B, K), with gradient into the question encoder."""
         k = self.resolve_num_docs(num_docs)
         q = self.question_encoder.embed(list(questions))  # (B, D)
-        retrieved = self.index.search(q.detach().float().cpu(), k)
+        retrieved = self.retriever.candidates(questions, q.detach().float().cpu(), k)
         d = retrieved.embeddings.to(device=q.device, dtype=q.dtype)  # (B, K, D)
         scores = torch.einsum("bd,bkd->bk", q, d)  # (B, K) live scores
         doc_lp = doc_log_probs(scores, self.config.temperature)

@@ -225,6 +225,7 @@ class DocumentIndex:
                              f"got {faiss_index.ntotal} of dimension {faiss_index.d}")
         self._faiss = faiss_index
         self._rows = {p.id: i for i, p in enumerate(self._passages)}
+        self.version = 0  # bumped by add/remove, so derived structures (BM25) know when to rebuild
         self.index_factory = index_factory
         self.encoder_name = encoder_name
         nlist = _nlist(faiss_index)
@@ -327,6 +328,18 @@ class DocumentIndex:
             raise KeyError(f"passage id {passage_id!r} is not in the index")
         return self._passages[self._rows[passage_id]]
 
+    def row_of(self, passage_id: str) -> int:
+        """Row of a passage id (KeyError if absent)."""
+        return self._rows[passage_id]
+
+    def passage_at(self, row: int) -> Passage:
+        """The passage stored at `row`."""
+        return self._passages[row]
+
+    def embedding_rows(self, rows: Sequence[int]) -> np.ndarray:
+        """(len(rows), D) stored embeddings of these rows (a copy)."""
+        return self._embeddings[np.asarray(rows, dtype=np.int64)]
+
     # -- search -------------------------------------------------------------------------
     def search(self, query_embeddings: ArrayLike, k: int) -> Retrieved:
         """Top-k passages for each query by inner product, best first.
@@ -398,6 +411,7 @@ class DocumentIndex:
         self._embeddings = np.concatenate([self._embeddings, new])
         self._rows.update({p.id: len(self._passages) + i for i, p in enumerate(passages)})
         self._passages.extend(passages)
+        self.version += 1
         return [p.id for p in passages]
 
     def _new_passages(self, items, ids, titles, metadatas) -> list[Passage]:
@@ -425,6 +439,7 @@ class DocumentIndex:
         self._rows = {p.id: i for i, p in enumerate(self._passages)}
         self._faiss.reset()  # keeps IVF/PQ training; rows renumber densely
         self._faiss.add(self._embeddings)
+        self.version += 1
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory: Union[str, Path]) -> Path:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from contextflow_core.retrieval.index import ArrayLike, DocumentIndex
+from contextflow_core.retrieval.strategies import StrategyConfig, select
 from contextflow_core.types import Retrieved
 
 
@@ -28,6 +31,7 @@ class Retriever:
         encoder: Question encoder with `encode(texts) -> (B, D)`; needed by
             `retrieve`, not by `search`.
         k: Default number of passages per question.
+        strategy: A `StrategyConfig` or a strategy name ("dense", "pool", "hybrid", "mmr").
 
     Example:
         >>> retriever = Retriever(index, question_encoder, k=3)  # doctest: +SKIP
@@ -35,7 +39,8 @@ class Retriever:
         [['3', '1', '0']]
     """
 
-    def __init__(self, index: DocumentIndex, encoder: Any = None, *, k: int = 5) -> None:
+    def __init__(self, index: DocumentIndex, encoder: Any = None, *, k: int = 5,
+                 strategy: Any = "dense") -> None:
         if not isinstance(index, DocumentIndex):
             raise ValueError(f"index: expected a DocumentIndex, got {type(index).__name__}")
         enc_dim = getattr(encoder, "dim", None)
@@ -45,6 +50,9 @@ class Retriever:
         self._index = index
         self._encoder = encoder
         self.k = _check_k(k)
+        self.strategy = strategy if isinstance(strategy, StrategyConfig) else StrategyConfig(name=strategy)
+        self._bm25 = None
+        self._bm25_version = None
 
     @property
     def index(self) -> DocumentIndex:
@@ -72,6 +80,23 @@ class Retriever:
     def search(self, query_embeddings: ArrayLike, k: Optional[int] = None) -> Retrieved:
         """Top-k passages for (B, D) query embeddings (delegates to `DocumentIndex.search`)."""
         return self._index.search(query_embeddings, self.k if k is None else k)
+
+    def candidates(self, questions: Sequence[str], query_embeddings: ArrayLike, k: int) -> Retrieved:
+        """The k passages per question chosen by `self.strategy` (the model re-scores them with gradient)."""
+        queries = np.asarray(query_embeddings.detach().cpu() if hasattr(query_embeddings, "detach")
+                             else query_embeddings, dtype=np.float32)
+        return select(self._index, questions, queries, _check_k(k), self.strategy, self._lexical())
+
+    def _lexical(self):
+        """BM25 over the index's passages, rebuilt when the index changed (hybrid only)."""
+        if self.strategy.name != "hybrid":
+            return None
+        if self._bm25 is None or self._bm25_version != self._index.version:
+            from contextflow_core.retrieval.bm25 import BM25
+
+            texts = [f"{p.title or ''} {p.text}" for p in self._index.passages]
+            self._bm25, self._bm25_version = BM25(texts), self._index.version
+        return self._bm25
 
     def __repr__(self) -> str:
         return f"Retriever(index={self._index!r}, encoder={getattr(self._encoder, 'name', None)!r}, k={self.k})"
