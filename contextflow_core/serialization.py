@@ -65,6 +65,7 @@ def save_rag(model, directory: Union[str, Path]) -> Path:
             "question_encoder": {"pooling": enc.pooling, "normalize": enc.normalize,
                                  "max_length": enc.max_length, "name": enc.name},
             "generator": _generator_source(model.generator),
+            "retrieval_strategy": to_dict(model.retriever.strategy),
         }
         atomic_write_text(tmp / "rag_config.json", json.dumps(config, indent=2))
         _write_manifest(tmp)
@@ -117,7 +118,7 @@ def _load_generator(root: Path, source: dict[str, Any], **kwargs):
 def load_rag(cls, directory: Union[str, Path], *, index=None, **generator_kwargs):
     """Rebuild a RAGSequence saved by `save_rag`; `index=` overrides the saved index."""
     from .models import load_encoder
-    from .retrieval import DocumentIndex
+    from .retrieval import DocumentIndex, Retriever, StrategyConfig
 
     root = Path(directory)
     verify_directory(root)
@@ -129,7 +130,9 @@ def load_rag(cls, directory: Union[str, Path], *, index=None, **generator_kwargs
     generator, tokenizer = _load_generator(root, config["generator"], **generator_kwargs)
     if index is None:
         index = DocumentIndex.load(root / "index")
+    strategy = from_dict(StrategyConfig, config.get("retrieval_strategy", {}))
+    retriever = index if isinstance(index, Retriever) else Retriever(index, strategy=strategy)
     return cls(
-        question_encoder=encoder, retriever=index, generator_tokenizer=tokenizer, generator=generator,
+        question_encoder=encoder, retriever=retriever, generator_tokenizer=tokenizer, generator=generator,
         prompt=from_dict(PromptConfig, config["prompt"]), config=from_dict(RagConfig, config["rag"]),
     )
