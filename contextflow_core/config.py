@@ -107,3 +107,171 @@ def from_dict(cls, data: dict[str, Any]):
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; expected some of {sorted(names)}")
     return cls(**data)
+
+
+TRAIN_MODES = ("joint", "generator", "retriever")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+_UNSUPPORTED_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+
+
+@dataclass
+class TrainConfig:
+    """How `train_rag` trains a RAGSequence (optimiser, schedule, checkpoints, logging).
+
+    Attributes:
+        num_epochs: Passes over the training data.
+        learning_rate: Peak learning rate of every parameter group without its own.
+        question_encoder_lr: Learning rate of the question encoder; None: `learning_rate`.
+        generator_lr: Learning rate of the generator (or its LoRA adapters); None: `learning_rate`.
+        train_mode: "joint" (question encoder and generator), "generator" or "retriever"
+            (question encoder only); the other side is frozen.
+        generator_lora: Train LoRA adapters on the generator instead of all its weights.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (scale = lora_alpha / lora_r).
+        lora_dropout: Dropout on the LoRA input.
+        lora_target_modules: Module names that get adapters; None: peft's default for the architecture.
+        weight_decay: AdamW weight decay (never applied to biases and norm weights).
+        warmup_ratio: Fraction of the optimiser steps spent warming the learning rate up.
+        scheduler: A `transformers.get_scheduler` name ("linear", "cosine", "constant", ...).
+        gradient_accumulation_steps: Batches whose gradients are summed before one optimiser step.
+        max_grad_norm: Clip the global gradient norm to this; None: no clipping.
+        mixed_precision: "no", "fp16" or "bf16" (accelerate autocast).
+        gradient_checkpointing: Recompute generator activations in backward to save memory.
+        num_docs: K passages per question while training and evaluating; None: the model's.
+        eval_steps: Evaluate every this many optimiser steps; None: only at epoch ends.
+        eval_on_epoch_end: Evaluate at the end of every epoch (needs a validation set).
+        save_steps: Save a checkpoint every this many optimiser steps; None: only at epoch ends.
+        save_on_epoch_end: Save a checkpoint at the end of every epoch (needs `output_dir`).
+        early_stopping_patience: Stop after this many evaluations without a better validation
+            loss; None: never stop early.
+        early_stopping_min_delta: Smallest decrease of the validation loss that counts as better.
+        seed: Seeds python, numpy and torch before training.
+        output_dir: Folder for checkpoints, metrics.jsonl and the curve plot; None: write nothing.
+        resume: "auto" (latest complete checkpoint in `output_dir`, if any), a checkpoint
+            path, or False (start afresh).
+        save_total_limit: Keep only the newest this many checkpoints; None: keep all.
+        log_every: Record the training loss every this many optimiser steps.
+        max_steps: Stop after this many optimiser steps in total; None: run all epochs.
+        eval_generate: Also generate answers during evaluation for exact match and F1.
+        eval_max_new_tokens: Token budget of generated answers during evaluation.
+        eval_decoding: RAG decoding mode during evaluation ("thorough", "fast", "concat").
+        max_nonfinite_steps: Stop with an error after this many optimiser steps in a row
+            were skipped because the loss was NaN or infinite.
+        progress: Show a progress bar and print the final summary (main process only).
+        plot: Draw the loss curves to `output_dir/training_curves.png` (needs matplotlib).
+    """
+
+    num_epochs: int = 3
+    learning_rate: float = 5e-5
+    question_encoder_lr: Optional[float] = None
+    generator_lr: Optional[float] = None
+    train_mode: str = "joint"
+    generator_lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: Optional[list[str]] = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    scheduler: str = "linear"
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    num_docs: Optional[int] = None
+    eval_steps: Optional[int] = None
+    eval_on_epoch_end: bool = True
+    save_steps: Optional[int] = None
+    save_on_epoch_end: bool = True
+    early_stopping_patience: Optional[int] = None
+    early_stopping_min_delta: float = 0.0
+    seed: int = 42
+    output_dir: Optional[str] = None
+    resume: Any = "auto"
+    save_total_limit: Optional[int] = 2
+    log_every: int = 10
+    max_steps: Optional[int] = None
+    eval_generate: bool = False
+    eval_max_new_tokens: int = 32
+    eval_decoding: str = "thorough"
+    max_nonfinite_steps: int = 5
+    progress: bool = True
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_numbers()
+        self._check_choices()
+        self._check_contradictions()
+
+    def _check_numbers(self) -> None:
+        for name in ("num_epochs", "lora_r", "gradient_accumulation_steps", "log_every",
+                     "eval_max_new_tokens", "max_nonfinite_steps"):
+            _check(_is_positive_int(getattr(self, name)),
+                   f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("num_docs", "eval_steps", "save_steps", "early_stopping_patience",
+                     "save_total_limit", "max_steps"):
+            value = getattr(self, name)
+            _check(value is None or _is_positive_int(value),
+                   f"{name} must be a positive integer or None, got {value!r}")
+        for name in ("learning_rate", "question_encoder_lr", "generator_lr", "max_grad_norm"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, (int, float)) and value > 0),
+                   f"{name} must be a positive number{'' if name == 'learning_rate' else ' or None'}, "
+                   f"got {value!r}")
+        _check(self.learning_rate is not None, "learning_rate must be a positive number, got None")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        _check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        _check(self.early_stopping_min_delta >= 0,
+               f"early_stopping_min_delta must be >= 0, got {self.early_stopping_min_delta!r}")
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool),
+               f"seed must be an integer, got {self.seed!r}")
+
+    def _check_choices(self) -> None:
+        from transformers import SchedulerType
+
+        _check(self.train_mode in TRAIN_MODES, f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+        _check(self.mixed_precision in MIXED_PRECISIONS,
+               f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
+        names = tuple(s.value for s in SchedulerType if s.value not in _UNSUPPORTED_SCHEDULERS)
+        _check(self.scheduler in names, f"scheduler must be one of {names}, got {self.scheduler!r}")
+        _check(self.eval_decoding in ("thorough", "fast", "concat"),
+               f"eval_decoding must be 'thorough', 'fast' or 'concat', got {self.eval_decoding!r}")
+        _check(self.resume is False or self.resume is None or (isinstance(self.resume, str) and self.resume != ""),
+               f"resume must be 'auto', a checkpoint path or False, got {self.resume!r}")
+        if self.lora_target_modules is not None:
+            _check(isinstance(self.lora_target_modules, (list, tuple)) and len(self.lora_target_modules) > 0
+                   and all(isinstance(m, str) and m for m in self.lora_target_modules),
+                   f"lora_target_modules must be a non-empty list of module names or None, "
+                   f"got {self.lora_target_modules!r}")
+            self.lora_target_modules = list(self.lora_target_modules)
+
+    def _check_contradictions(self) -> None:
+        _check(not (self.generator_lora and self.train_mode == "retriever"),
+               "generator_lora is True but train_mode='retriever' trains no generator; "
+               "set train_mode='joint' or 'generator', or generator_lora=False")
+        _check(not (self.generator_lr is not None and self.train_mode == "retriever"),
+               f"generator_lr={self.generator_lr!r} is set but train_mode='retriever' freezes the generator")
+        _check(not (self.question_encoder_lr is not None and self.train_mode == "generator"),
+               f"question_encoder_lr={self.question_encoder_lr!r} is set but train_mode='generator' "
+               "freezes the question encoder")
+        _check(self.save_steps is None or self.output_dir is not None,
+               f"save_steps={self.save_steps!r} needs output_dir to write checkpoints to, got output_dir=None")
+        _check(self.early_stopping_patience is None or self.eval_steps is not None or self.eval_on_epoch_end,
+               f"early_stopping_patience={self.early_stopping_patience!r} needs evaluations; "
+               "set eval_steps or eval_on_epoch_end=True")
+
+    @property
+    def lr_question_encoder(self) -> float:
+        """The question encoder's learning rate after defaults."""
+        return self.learning_rate if self.question_encoder_lr is None else self.question_encoder_lr
+
+    @property
+    def lr_generator(self) -> float:
+        """The generator's learning rate after defaults."""
+        return self.learning_rate if self.generator_lr is None else self.generator_lr
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

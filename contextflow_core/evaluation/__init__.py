@@ -16,3 +16,7 @@ __all__ = [
     "qa_metrics",
     "recall_at_k",
 ]
+
+from contextflow_core.evaluation.evaluate import evaluate  # noqa: E402
+
+__all__ += ["evaluate"]

@@ -1,0 +1,341 @@
+"""Training checkpoints: atomic, checksummed, pickle-free, tied to the model they came from.
+
+Boundary: reads and writes checkpoint folders. It knows the trainable
+parameters, optimiser, scheduler and RNG states it is handed, not how training runs.
+
+A checkpoint ``output_dir/checkpoint-00000042/`` holds:
+
+- ``model.safetensors``: the trainable parameters only (LoRA adapters or full weights).
+- ``optimizer.safetensors`` + ``optimizer.json``: `optimizer.state_dict()` with every
+  tensor in safetensors and the rest (param groups, scalars) in JSON.
+- ``scheduler.json``: the learning-rate scheduler state (and the fp16 grad scaler's).
+- ``rng.safetensors`` + ``rng.json``: python, numpy, torch (and CUDA) RNG states, per process.
+- ``trainer_state.json``: position in the data (epoch, batches consumed, global step,
+  sampler seed/epoch), early-stopping state and the history so far.
+- ``manifest.json`` (written last): sha256 of every file and the model fingerprint
+  (names and shapes of the trainable parameters).
+
+The folder is built in a temporary sibling and renamed into place
+(`io_utils.atomic_dir`), so a crash leaves the previous checkpoint untouched.
+
+Example:
+    >>> save_checkpoint(out / "checkpoint-00000010", model=rag, optimizer=opt, scheduler=sched,
+    ...                 trainer_state=state, rng_states=[capture_rng_state()])   # doctest: +SKIP
+    >>> state = load_checkpoint(latest_checkpoint(out), model=rag, optimizer=opt)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from contextflow_core.io_utils import atomic_dir, sha256_bytes
+from contextflow_core.training.optim import trainable_parameters
+
+FORMAT_VERSION = 1
+KIND = "contextflow-training-checkpoint"
+PREFIX = "checkpoint-"
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+PathLike = Union[str, Path]
+
+__all__ = [
+    "capture_rng_state", "checkpoint_name", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
+    "model_fingerprint", "remove_stale_temp_dirs", "restore_rng_state", "rotate_checkpoints", "save_checkpoint",
+]
+
+
+# ---------------------------------------------------------------------------- names
+
+
+def checkpoint_name(global_step: int) -> str:
+    """Folder name of the checkpoint written after optimiser step `global_step`."""
+    return f"{PREFIX}{global_step:08d}"
+
+
+def list_checkpoints(output_dir: PathLike) -> list[Path]:
+    """Complete checkpoints in `output_dir` (a manifest is present), oldest first.
+
+    Temporary folders of interrupted writes (hidden ``.checkpoint-*``) are ignored.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / MANIFEST).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: PathLike) -> Optional[Path]:
+    """The newest complete checkpoint in `output_dir`, or None."""
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def rotate_checkpoints(output_dir: PathLike, keep: Optional[int]) -> list[Path]:
+    """Delete the oldest complete checkpoints so that at most `keep` remain; returns the deleted."""
+    found = list_checkpoints(output_dir)
+    if keep is None or len(found) <= keep:
+        return []
+    doomed = found[: len(found) - keep]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def remove_stale_temp_dirs(output_dir: PathLike) -> list[Path]:
+    """Delete leftovers of interrupted checkpoint writes (``.checkpoint-*`` temp/backup folders)."""
+    root = Path(output_dir)
+    stale = [p for p in root.glob(f".{PREFIX}*") if p.is_dir()] if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+# ---------------------------------------------------------------------------- fingerprint
+
+
+def model_fingerprint(model: nn.Module) -> list[list]:
+    """[name, shape] of every trainable parameter: what a checkpoint must match to load."""
+    return [[name, list(p.shape)] for name, p in trainable_parameters(model).items()]
+
+
+def _check_fingerprint(directory: Path, saved: list, model: nn.Module) -> None:
+    current = model_fingerprint(model)
+    if saved == current:
+        return
+    saved_map, current_map = {n: s for n, s in saved}, {n: s for n, s in current}
+    missing = [n for n in saved_map if n not in current_map]
+    extra = [n for n in current_map if n not in saved_map]
+    shapes = [f"{n}: {saved_map[n]} vs {current_map[n]}" for n in saved_map
+              if n in current_map and saved_map[n] != current_map[n]]
+    detail = "; ".join(part for part in (
+        f"only in checkpoint: {missing[:3]}" if missing else "",
+        f"only in model: {extra[:3]}" if extra else "",
+        f"shape differs (checkpoint vs model): {shapes[:3]}" if shapes else "",
+    ) if part) or "parameter order differs"
+    raise ValueError(
+        f"resume: checkpoint {directory} was written for another model: its {len(saved)} trainable "
+        f"parameters do not match this model's {len(current)} ({detail}); use the same model and "
+        "train_mode/LoRA settings, or a fresh output_dir"
+    )
+
+
+# ---------------------------------------------------------------------------- RNG
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch and CUDA RNG states (tensors + JSON-ready parts)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.astype(np.int64))}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = state
+    meta = {"python": [version, list(internal), gauss], "numpy": [name, int(pos), int(has_gauss), float(cached)]}
+    return {"tensors": tensors, "meta": meta}
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state`."""
+    version, internal, gauss = state["meta"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, pos, has_gauss, cached = state["meta"]["numpy"]
+    np.random.set_state((name, state["tensors"]["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["tensors"]["torch"])
+    cuda = [state["tensors"][k] for k in sorted(state["tensors"]) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ---------------------------------------------------------------------------- optimizer
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for idx, entries in state_dict["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    keys = {str(idx): list(entries) for idx, entries in state_dict["state"].items()}
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars, "keys": keys}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    state = {}
+    for idx, keys in meta["keys"].items():
+        scalars = meta["scalars"].get(idx, {})
+        state[int(idx)] = {k: scalars[k] if k in scalars else tensors[f"state.{idx}.{k}"] for k in keys}
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _json_bytes(value: Any, what: str) -> bytes:
+    try:
+        return json.dumps(value, indent=1, allow_nan=True).encode("utf-8")
+    except TypeError as e:
+        raise TypeError(f"checkpoint: {what} holds a value JSON cannot store ({e})") from e
+
+
+def _write_file(path: Path, data: bytes) -> dict[str, Any]:
+    """Write one checkpoint file; returns its manifest entry."""
+    path.write_bytes(data)
+    return {"sha256": sha256_bytes(data), "bytes": len(data)}
+
+
+def _rng_files(rng_states: list[dict]) -> dict[str, bytes]:
+    tensors = {f"rank{r}.{k}": t.contiguous() for r, s in enumerate(rng_states) for k, t in s["tensors"].items()}
+    meta = [s["meta"] for s in rng_states]
+    return {"rng.safetensors": safetensors.torch.save(tensors), "rng.json": _json_bytes(meta, "the RNG state")}
+
+
+def save_checkpoint(
+    directory: PathLike,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    scaler: Any = None,
+) -> Path:
+    """Write a checkpoint folder atomically (see the module docstring for its files).
+
+    Args:
+        directory: Destination folder (replaced only once the new one is complete).
+        model: The unwrapped RAGSequence; only its trainable parameters are saved.
+        optimizer: Its optimiser.
+        scheduler: Its learning-rate scheduler (anything with `state_dict`), or None.
+        trainer_state: JSON-ready loop state (position in the data, history, ...).
+        rng_states: `capture_rng_state()` of every process, by rank.
+        scaler: The fp16 gradient scaler, or None.
+    """
+    params = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    sched = {"scheduler": scheduler.state_dict() if scheduler is not None else None,
+             "scaler": scaler.state_dict() if scaler is not None else None}
+    blobs = {
+        "model.safetensors": safetensors.torch.save(params),
+        "optimizer.safetensors": safetensors.torch.save(opt_tensors),
+        "optimizer.json": _json_bytes(opt_meta, "the optimizer state"),
+        "scheduler.json": _json_bytes(sched, "the scheduler state"),
+        **_rng_files(rng_states),
+        "trainer_state.json": _json_bytes(trainer_state, "trainer_state"),
+    }
+    with atomic_dir(directory) as tmp:
+        files = {name: _write_file(tmp / name, data) for name, data in blobs.items()}
+        manifest = {"format_version": FORMAT_VERSION, "kind": KIND, "global_step": trainer_state.get("global_step"),
+                    "fingerprint": model_fingerprint(model), "files": files}
+        _write_file(tmp / MANIFEST, _json_bytes(manifest, "the manifest"))
+    return Path(directory)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: {directory} is not a complete checkpoint (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"resume: {path} is not valid JSON ({e.msg})") from e
+    if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"resume: {directory} is not a contextflow training checkpoint of format "
+                         f"{FORMAT_VERSION}; got kind={manifest.get('kind')!r}, "
+                         f"format_version={manifest.get('format_version')!r}")
+    return manifest
+
+
+def _read_verified(directory: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
+    blobs = {}
+    for name, entry in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: checkpoint {directory} lacks {name}, listed in its manifest")
+        data = path.read_bytes()
+        if sha256_bytes(data) != entry["sha256"]:
+            raise ValueError(f"resume: checksum mismatch for {path}: the file is corrupted or was modified")
+        blobs[name] = data
+    return blobs
+
+
+def read_checkpoint(directory: PathLike, model: nn.Module) -> dict[str, Any]:
+    """Verify a checkpoint against its manifest and `model`, and parse its files (no side effects).
+
+    Raises:
+        FileNotFoundError: Not a complete checkpoint, or a listed file is missing.
+        ValueError: Wrong format, checksum mismatch, or written for another model.
+    """
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    _check_fingerprint(directory, manifest["fingerprint"], model)
+    blobs = _read_verified(directory, manifest)
+    sched = json.loads(blobs["scheduler.json"])
+    return {
+        "params": safetensors.torch.load(blobs["model.safetensors"]),
+        "optimizer": _unflatten_optimizer(safetensors.torch.load(blobs["optimizer.safetensors"]),
+                                          json.loads(blobs["optimizer.json"])),
+        "scheduler": sched["scheduler"], "scaler": sched["scaler"],
+        "rng_tensors": safetensors.torch.load(blobs["rng.safetensors"]),
+        "rng_meta": json.loads(blobs["rng.json"]),
+        "trainer_state": json.loads(blobs["trainer_state.json"]),
+    }
+
+
+def _rng_for_rank(parsed: dict[str, Any], rank: int) -> Optional[dict[str, Any]]:
+    if rank >= len(parsed["rng_meta"]):
+        return None
+    prefix = f"rank{rank}."
+    tensors = {k[len(prefix):]: t for k, t in parsed["rng_tensors"].items() if k.startswith(prefix)}
+    return {"tensors": tensors, "meta": parsed["rng_meta"][rank]}
+
+
+@torch.no_grad()
+def load_checkpoint(
+    directory: PathLike,
+    *,
+    model: nn.Module,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    rank: int = 0,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Restore a checkpoint into `model` (and optimiser, scheduler, scaler, RNG); returns trainer_state.
+
+    Everything is verified (manifest, checksums, fingerprint) before anything is changed.
+
+    Args:
+        directory: A checkpoint folder written by `save_checkpoint`.
+        model: The unwrapped model, with the same trainable parameters as when saved.
+        optimizer, scheduler, scaler: Restored when given.
+        rank: This process's rank: selects its RNG state (rank 0's when absent).
+        restore_rng: Also restore the RNG states.
+
+    Raises:
+        FileNotFoundError, ValueError: See `read_checkpoint`.
+    """
+    parsed = read_checkpoint(directory, model)
+    for name, p in trainable_parameters(model).items():
+        p.copy_(parsed["params"][name].to(device=p.device, dtype=p.dtype))
+    if optimizer is not None:
+        optimizer.load_state_dict(parsed["optimizer"])
+    if scheduler is not None and parsed["scheduler"] is not None:
+        scheduler.load_state_dict(parsed["scheduler"])
+    if scaler is not None and parsed["scaler"] is not None:
+        scaler.load_state_dict(parsed["scaler"])
+    rng = _rng_for_rank(parsed, rank) or _rng_for_rank(parsed, 0)
+    if restore_rng and rng is not None:
+        restore_rng_state(rng)
+    return parsed["trainer_state"]
