@@ -1,0 +1,57 @@
+"""LlamaIndex adapters for ContextFlow (extra: ``pip install contextflow[llamaindex]``).
+
+Thin wrappers (conversion + delegation) over `contextflow_core`:
+    ContextFlowQueryEngine  RAG-Sequence answering as a `CustomQueryEngine`
+                            (source nodes scored by p(z|x,y), streaming, async).
+    ContextFlowRetriever    the ContextFlow index + question encoder as a `BaseRetriever`.
+    ContextFlowLLM          the generator alone as a `CustomLLM`.
+    finetune_from_index     pull the nodes of a LlamaIndex index, train jointly, get the above back.
+    to_vector_store_index   the ContextFlow index back as a LlamaIndex `VectorStoreIndex`.
+
+LlamaIndex is imported on first use of a name, so importing this package (or
+`contextflow_core`) never needs it.
+
+Example:
+    >>> from contextflow_integrations.llamaindex import finetune_from_index  # doctest: +SKIP
+    >>> result = finetune_from_index(vector_index, "qa.jsonl")  # doctest: +SKIP
+    >>> print(result.query_engine.query("Who founded Tarsk?"))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ContextFlowQueryEngine": "query_engine",
+    "ContextFlowRetriever": "retriever",
+    "ContextFlowLLM": "llm",
+    "ContextFlowEmbedding": "export",
+    "FinetuneResult": "finetune",
+    "finetune_from_index": "finetune",
+    "load_qa_pairs": "finetune",
+    "node_to_passage": "export",
+    "nodes_from_index": "export",
+    "passage_to_node": "export",
+    "to_vector_store_index": "export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "llama_index":
+            raise ImportError(f"{name} needs LlamaIndex: pip install 'contextflow[llamaindex]' "
+                              f"(llama-index-core); missing module {e.name!r}") from e
+        raise
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

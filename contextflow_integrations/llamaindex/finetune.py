@@ -1,0 +1,317 @@
+"""finetune_from_index: jointly fine-tune ContextFlow on the nodes of a LlamaIndex index.
+
+Boundary: glue only. Nodes come out of the index (`export.nodes_from_index`),
+become a ContextFlow `DocumentIndex` embedded by the model's question encoder,
+and `contextflow_core.training.train_rag` trains the RAGSequence on the
+question/answer pairs; the result carries LlamaIndex components over the
+trained model.
+
+QA pairs: anything `contextflow_core.data.readers.load_qa` reads (a list of
+``(question, answer[, gold_ids])`` tuples, dicts, `QAExample`, a JSONL/JSON/CSV
+path, a HF dataset), or LlamaIndex's id-keyed layout: an object or dict (or a
+``.json`` file of one) with ``queries`` {query_id: question} and optionally
+``relevant_docs`` {query_id: [node_id]} and ``corpus`` {node_id: text}, the
+layout of `EmbeddingQAFinetuneDataset`. That layout has no answers, and
+ContextFlow trains the generator on answers, so each query needs one from
+(first match wins):
+    1. ``answers=`` {query_id: answer} (or a `QueryResponseDataset`, whose
+       ``responses`` are keyed by the same query ids);
+    2. the layout's own ``responses`` or ``answers`` {query_id: answer} (so a
+       `QueryResponseDataset` is accepted on its own);
+    3. a query given as {"question": ..., "answer": ...} or (question, answer).
+A query without an answer is an error that lists the ids. ``relevant_docs``
+become the examples' gold ids: training does not use them (the retriever learns
+from the answers), they only feed recall@k and MRR. With no index and no nodes,
+the layout's ``corpus`` is the passage collection.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from llama_index.core.schema import TextNode
+
+from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
+from contextflow_core.data.readers import QAExample, load_qa
+from contextflow_core.evaluation.metrics import mrr, recall_at_k
+from contextflow_core.rag import RAGSequence
+from contextflow_core.retrieval import DocumentIndex
+from contextflow_core.training import TrainHistory, make_dataloader, train_rag
+from contextflow_core.types import Passage
+from contextflow_integrations.llamaindex.export import nodes_from_index, passages_from_nodes
+from contextflow_integrations.llamaindex.query_engine import ContextFlowQueryEngine
+from contextflow_integrations.llamaindex.retriever import ContextFlowRetriever
+
+__all__ = ["FinetuneResult", "finetune_from_index", "load_qa_pairs"]
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune_from_index` returns.
+
+    Attributes:
+        model: The trained RAGSequence (its index holds the pulled nodes, ids = node ids).
+        query_engine: A `ContextFlowQueryEngine` over `model`.
+        retriever: A `ContextFlowRetriever` over `model`.
+        history: The `TrainHistory` of `train_rag` (per-step losses, evaluations, stop reason).
+        examples: The training examples, as parsed (gold ids from ``relevant_docs``).
+        retrieval_before: ``recall@1``, ``recall@k``, ``mrr`` (k = num_docs), ``k`` and
+            ``num_questions`` on the training questions that have gold ids, before
+            training; None when none has.
+        retrieval_after: The same after training.
+    """
+
+    model: RAGSequence
+    query_engine: ContextFlowQueryEngine
+    retriever: ContextFlowRetriever
+    history: TrainHistory
+    examples: list[QAExample] = field(repr=False)
+    retrieval_before: Optional[dict[str, float]] = None
+    retrieval_after: Optional[dict[str, float]] = None
+
+    def llm(self, **kwargs: Any):
+        """The trained generator alone as a `ContextFlowLLM` (kwargs: its fields, e.g. max_new_tokens)."""
+        from contextflow_integrations.llamaindex.llm import ContextFlowLLM
+
+        return ContextFlowLLM(self.model, **kwargs)
+
+    def save(self, directory: Any) -> None:
+        """Save the trained model and its index (`RAGSequence.save_pretrained`)."""
+        self.model.save_pretrained(directory)
+
+
+# ----------------------------------------------------------------------------- QA pairs
+def _id_layout(source: Any) -> Optional[Mapping]:
+    """The id-keyed layout as a mapping (queries, relevant_docs, corpus, responses/answers), or None."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".json" and Path(source).is_file():
+        text = Path(source).read_text(encoding="utf-8")
+        data = json.loads(text) if text.lstrip().startswith("{") else None
+        return data if isinstance(data, Mapping) and "queries" in data else None
+    if isinstance(source, Mapping):
+        return source if "queries" in source else None
+    if isinstance(getattr(source, "queries", None), Mapping):
+        return {key: getattr(source, key) for key in ("queries", "relevant_docs", "corpus", "responses", "answers")
+                if isinstance(getattr(source, key, None), Mapping)}
+    return None
+
+
+def _answer_map(answers: Any) -> Mapping:
+    if answers is None:
+        return {}
+    mapping = getattr(answers, "responses", answers)
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"answers: expected a mapping {{query_id: answer}} or a QueryResponseDataset, "
+                         f"got {type(answers).__name__}")
+    return mapping
+
+
+def _split_query(value: Any) -> tuple[Any, Any]:
+    if isinstance(value, Mapping):
+        return value.get("question", value.get("query")), value.get("answer")
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return value[0], value[1]
+    return value, None
+
+
+def load_qa_pairs(qa_pairs: Any, answers: Any = None) -> list[QAExample]:
+    """Parse QA pairs in any accepted format (see the module docstring) into `QAExample`s.
+
+    Args:
+        qa_pairs: Tuples, dicts, `QAExample`s, a file path, a HF dataset, or the id-keyed layout.
+        answers: {query_id: answer} (or a `QueryResponseDataset`) for the id-keyed layout.
+
+    Raises:
+        ValueError: A query of the id-keyed layout has no answer (the ids are listed),
+            `answers` given with another format, or a malformed row.
+    """
+    layout = _id_layout(qa_pairs)
+    if layout is None:
+        if answers is not None:
+            raise ValueError("answers: only used with the id-keyed layout (queries={query_id: question}), "
+                             f"got it with {type(qa_pairs).__name__} QA pairs, whose rows carry their answers")
+        return load_qa(qa_pairs)
+    given = _answer_map(answers)
+    own = layout.get("responses") or layout.get("answers") or {}
+    relevant = layout.get("relevant_docs") or {}
+    rows, missing = [], []
+    for qid, value in layout["queries"].items():
+        question, inline = _split_query(value)
+        answer = next((a for a in (given.get(qid), own.get(qid), inline) if a is not None and a != ""), None)
+        if answer is None:
+            missing.append(qid)
+            continue
+        gold = relevant.get(qid) or []
+        gold = [gold] if isinstance(gold, str) else gold
+        rows.append({"question": question, "answer": answer, "gold_ids": [str(g) for g in gold],
+                     "metadata": {"query_id": str(qid)}})
+    if missing:
+        raise ValueError(
+            f"answers: no answer for {len(missing)} of {len(layout['queries'])} queries (ids {missing[:5]}); the "
+            "queries/corpus/relevant_docs layout (EmbeddingQAFinetuneDataset) holds no answers, and ContextFlow "
+            "trains on answers: pass answers={query_id: answer} (or a QueryResponseDataset with the same ids)")
+    return load_qa(rows)
+
+
+# ----------------------------------------------------------------------------- model and index
+def _collect_passages(index_or_vector_store: Any, nodes: Optional[Sequence[Any]], qa_pairs: Any) -> list[Passage]:
+    if nodes is not None:
+        if index_or_vector_store is not None:
+            raise ValueError("index_or_vector_store, nodes: expected one source of nodes, got both; "
+                             "pass index_or_vector_store=None to use nodes, or nodes=None to pull the index's")
+        if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
+            raise ValueError(f"nodes: expected a list of LlamaIndex nodes, got {type(nodes).__name__}")
+        return passages_from_nodes(nodes)
+    if index_or_vector_store is None:
+        corpus = (_id_layout(qa_pairs) or {}).get("corpus")
+        if corpus:
+            return passages_from_nodes(TextNode(id_=str(k), text=v) for k, v in corpus.items())
+    return passages_from_nodes(nodes_from_index(index_or_vector_store))
+
+
+def _components(model: Optional[RAGSequence], encoder: Any, generator: Any, tokenizer: Any) -> tuple:
+    """(question encoder, generator, tokenizer, prompt, rag config) from `model`, the parts or the defaults."""
+    if model is not None:
+        parts = (("encoder", encoder), ("generator", generator), ("tokenizer", tokenizer))
+        given = [n for n, v in parts if v is not None]
+        if given:
+            raise ValueError(f"model, {', '.join(given)}: pass a RAGSequence or its parts, not both")
+        if not isinstance(model, RAGSequence):
+            raise ValueError(f"model: expected a RAGSequence (or None for the embedded defaults), "
+                             f"got {type(model).__name__}")
+        return model.question_encoder, model.generator, model.generator_tokenizer, model.prompt_config, model.config
+    if (generator is None) != (tokenizer is None):
+        raise ValueError("generator, tokenizer: expected both (a HF causal LM and its tokenizer) or neither, "
+                         f"got only {'generator' if generator is not None else 'tokenizer'}")
+    if encoder is None:
+        from contextflow_core.models import default_question_encoder
+
+        encoder = default_question_encoder()
+    if generator is None:
+        from contextflow_core.models import default_generator
+
+        generator, tokenizer = default_generator()
+    return encoder, generator, tokenizer, None, None
+
+
+def _build_rag(passages: list[Passage], components: tuple, num_docs: Optional[int],
+               prompt: Optional[PromptConfig], rag_config: Optional[RagConfig]) -> RAGSequence:
+    encoder, generator, tokenizer, model_prompt, model_config = components
+    index = DocumentIndex.from_passages(passages, encoder, show_progress=False)
+    config = rag_config or model_config or RagConfig()
+    k = num_docs if num_docs is not None else min(config.num_docs, len(passages))
+    return RAGSequence(encoder, index, tokenizer, generator, prompt=prompt or model_prompt, config=config,
+                       num_docs=k)
+
+
+@torch.no_grad()
+def _retrieval_metrics(rag: RAGSequence, examples: list[QAExample], batch_size: int = 64) -> Optional[dict]:
+    labelled = [e for e in examples if e.gold_ids]
+    if not labelled:
+        return None
+    k = min(rag.resolve_num_docs(None), len(rag.index))
+    ids = []
+    for start in range(0, len(labelled), batch_size):
+        questions = [e.question for e in labelled[start : start + batch_size]]
+        ids += rag.index.search(rag.question_encoder.encode(questions), k).ids
+    gold = [e.gold_ids for e in labelled]
+    return {"recall@1": recall_at_k(ids, gold, 1), "recall@k": recall_at_k(ids, gold, k), "mrr": mrr(ids, gold, k),
+            "k": k, "num_questions": len(labelled)}
+
+
+def _warn_unknown_gold(examples: list[QAExample], index: DocumentIndex) -> None:
+    gold = {g for e in examples for g in e.gold_ids}
+    unknown = sorted(g for g in gold if g not in index)
+    if unknown:
+        warnings.warn(f"qa_pairs: {len(unknown)} of {len(gold)} gold ids are not node ids of the index "
+                      f"(e.g. {unknown[:3]}); recall@k counts them as misses", stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- entry point
+def finetune_from_index(
+    index_or_vector_store: Any,
+    qa_pairs: Any,
+    *,
+    nodes: Optional[Sequence[Any]] = None,
+    answers: Any = None,
+    val_pairs: Any = None,
+    model: Optional[RAGSequence] = None,
+    encoder: Any = None,
+    generator: Any = None,
+    tokenizer: Any = None,
+    train_config: Optional[TrainConfig] = None,
+    batch_size: int = 4,
+    num_docs: Optional[int] = None,
+    prompt: Optional[PromptConfig] = None,
+    rag_config: Optional[RagConfig] = None,
+    query_engine_kwargs: Optional[dict] = None,
+) -> FinetuneResult:
+    """Pull the nodes of a LlamaIndex index, train retriever and generator jointly, get LlamaIndex parts back.
+
+    The nodes become a ContextFlow `DocumentIndex` (ids = node ids, metadata kept,
+    ``metadata["title"]`` as title) embedded by the question encoder (one shared
+    embedding space; the LlamaIndex embeddings are not used). The models come from
+    `model` (a RAGSequence: its encoder, generator, prompt and config are trained in
+    place, its index is replaced), or from `encoder`/`generator`/`tokenizer`, or by
+    default from the embedded models (all-MiniLM-L6-v2, SmolLM2-135M-Instruct).
+    The index or store itself is never modified.
+
+    Args:
+        index_or_vector_store: A `VectorStoreIndex` (any docstore-backed index) or a vector
+            store; None when `nodes` (or the id-keyed layout's ``corpus``) gives the passages.
+        qa_pairs: Training QA pairs: tuples, dicts, a JSONL/JSON/CSV path, or the id-keyed
+            layout of `EmbeddingQAFinetuneDataset` (see the module docstring).
+        nodes: Nodes (or Documents, NodeWithScore) to index instead of pulling them out of
+            `index_or_vector_store`: the way out for stores whose nodes cannot be read back.
+        answers: {query_id: answer} (or a `QueryResponseDataset`) for the id-keyed layout.
+        val_pairs: Validation QA pairs (same formats and `answers`); evaluated by `train_rag`
+            (loss, recall@k with the gold ids); None: no evaluation.
+        model: A RAGSequence whose parts are trained.
+        encoder: Question encoder (`TextEncoder`) when no `model` is given.
+        generator: HF causal LM when no `model` is given (with `tokenizer`).
+        tokenizer: The generator's tokenizer.
+        train_config: `TrainConfig` of `train_rag` (epochs, learning rate, max_steps,
+            train_mode, output_dir, ...); default `TrainConfig()`.
+        batch_size: Questions per training batch.
+        num_docs: K passages per question; default min(the model's K, number of nodes).
+        prompt: `PromptConfig` of a model built here (default: the model's, else `PromptConfig()`).
+        rag_config: `RagConfig` of a model built here.
+        query_engine_kwargs: `ContextFlowQueryEngine` fields of the result's engine
+            (max_new_tokens, decoding, streaming, ...).
+
+    Returns:
+        A `FinetuneResult`: the trained model, `query_engine`, `retriever`, `history`, and
+        recall@k before and after training when the QA pairs carry gold ids.
+
+    Raises:
+        ValueError: No nodes can be pulled (the message names the store; pass `nodes=`), a
+            query without an answer, conflicting model arguments, or bad QA data.
+
+    Example:
+        >>> result = finetune_from_index(index, [("Who founded Tarsk?", "Ilo Varn")])  # doctest: +SKIP
+        >>> result.query_engine.query("Who founded Tarsk?").source_nodes[0].node_id  # doctest: +SKIP
+        'node-3'
+    """
+    examples = load_qa_pairs(qa_pairs, answers)
+    if not examples:
+        raise ValueError("qa_pairs: expected at least one (question, answer) pair, got none")
+    val_examples = load_qa_pairs(val_pairs, answers) if val_pairs is not None else None
+    config = train_config or TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"train_config: expected a TrainConfig, got {type(config).__name__}")
+    passages = _collect_passages(index_or_vector_store, nodes, qa_pairs)
+    rag = _build_rag(passages, _components(model, encoder, generator, tokenizer), num_docs, prompt, rag_config)
+    _warn_unknown_gold(examples + (val_examples or []), rag.index)
+    before = _retrieval_metrics(rag, examples)
+    train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
+    val = make_dataloader(val_examples, batch_size=batch_size, shuffle=False) if val_examples else None
+    history = train_rag(rag, train, val, config=config)
+    return FinetuneResult(
+        model=rag, query_engine=ContextFlowQueryEngine(rag=rag, **(query_engine_kwargs or {})),
+        retriever=ContextFlowRetriever(rag), history=history, examples=examples,
+        retrieval_before=before, retrieval_after=_retrieval_metrics(rag, examples))

@@ -1,0 +1,71 @@
+"""ContextFlowRetriever: a ContextFlow index and question encoder as a LlamaIndex retriever.
+
+Boundary: conversion and delegation only. The question is embedded by the
+question encoder (`encode`, no gradient), the DocumentIndex returns the top-k
+passages, and each becomes a `NodeWithScore` (node id = passage id, score = the
+inner product q . d the index ranked by). LlamaIndex's `BaseRetriever.retrieve`
+wraps `_retrieve`, so callbacks and instrumentation events fire as for its own
+retrievers.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.schema import NodeWithScore, QueryBundle
+
+from contextflow_core.retrieval import Retriever
+from contextflow_integrations.llamaindex.export import passage_to_node
+
+__all__ = ["ContextFlowRetriever"]
+
+
+def _as_core_retriever(model: Any) -> Retriever:
+    """A core Retriever (index + encoder) from a RAGSequence or a Retriever with an encoder."""
+    if isinstance(model, Retriever):
+        if model.encoder is None:
+            raise ValueError("model: expected a Retriever with a question encoder, got one without; "
+                             "build it as Retriever(index, encoder)")
+        return model
+    index, encoder = getattr(model, "index", None), getattr(model, "question_encoder", None)
+    if index is None or encoder is None:
+        raise ValueError(f"model: expected a RAGSequence or a contextflow Retriever, got {type(model).__name__}")
+    return Retriever(index, encoder, k=model.config.num_docs)
+
+
+class ContextFlowRetriever(BaseRetriever):
+    """Top-k passages of a ContextFlow index as LlamaIndex nodes.
+
+    Args:
+        model: A RAGSequence (its index and live question encoder, so a model trained
+            after this retriever was built is used as trained), or a
+            `contextflow_core.retrieval.Retriever` with an encoder.
+        similarity_top_k: k; None: the model's `num_docs` (or the Retriever's k).
+        callback_manager: LlamaIndex callback manager.
+        verbose: LlamaIndex verbosity flag.
+
+    Example:
+        >>> retriever = ContextFlowRetriever(rag, similarity_top_k=3)  # doctest: +SKIP
+        >>> [(n.node_id, n.score) for n in retriever.retrieve("Who founded Tarsk?")]  # doctest: +SKIP
+        [('p3', 4.1), ('p0', 2.7), ('p5', 1.9)]
+    """
+
+    def __init__(self, model: Any, *, similarity_top_k: Optional[int] = None,
+                 callback_manager: Optional[CallbackManager] = None, verbose: bool = False) -> None:
+        self._core = _as_core_retriever(model)
+        k = self._core.k if similarity_top_k is None else similarity_top_k
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"similarity_top_k: expected a positive integer, got {k!r}")
+        self.similarity_top_k = k
+        super().__init__(callback_manager=callback_manager, verbose=verbose)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        k = min(self.similarity_top_k, len(self._core.index))  # LlamaIndex returns fewer, silently
+        retrieved = self._core.retrieve([query_bundle.query_str], k)
+        return [NodeWithScore(node=passage_to_node(p), score=float(s))
+                for p, s in zip(retrieved.passages[0], retrieved.scores[0].tolist())]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._retrieve, query_bundle)
