@@ -72,6 +72,9 @@ class RagConfig:
             (all-position logits: the naive reference, for benchmarks and tests).
         micro_batch_size: Generator sequences per forward; None: all B*K at once.
         gradient_checkpointing: Enable HF gradient checkpointing on the generator.
+        objective: Loss `forward` returns: "marginal" (joint RAG-Sequence NLL),
+            "lsr" (REPLUG-LSR, retriever only), "ralt" (RA-DIT, generator only) or
+            "emdr2" (EMDR^2); see `objectives.py`.
     """
 
     num_docs: int = 5
@@ -82,8 +85,12 @@ class RagConfig:
     scoring: str = "logits_to_keep"
     micro_batch_size: Optional[int] = None
     gradient_checkpointing: bool = False
+    objective: str = "marginal"
 
     def __post_init__(self) -> None:
+        from .objectives import OBJECTIVES
+
+        _check(self.objective in OBJECTIVES, f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
         _check(isinstance(self.num_docs, int) and self.num_docs > 0,
                f"num_docs must be a positive integer, got {self.num_docs!r}")
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature!r}")
@@ -159,6 +166,9 @@ class TrainConfig:
             were skipped because the loss was NaN or infinite.
         progress: Show a progress bar and print the final summary (main process only).
         plot: Draw the loss curves to `output_dir/training_curves.png` (needs matplotlib).
+        objective: Training objective set on the model ("marginal", "lsr", "ralt", "emdr2";
+            see `objectives.py`); None keeps the model's. "lsr" needs train_mode="retriever"
+            and "ralt" needs train_mode="generator".
     """
 
     num_epochs: int = 3
@@ -197,6 +207,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 5
     progress: bool = True
     plot: bool = True
+    objective: Optional[str] = None
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -248,6 +259,17 @@ class TrainConfig:
             self.lora_target_modules = list(self.lora_target_modules)
 
     def _check_contradictions(self) -> None:
+        from .objectives import OBJECTIVES, TRAINS
+
+        _check(self.objective is None or self.objective in OBJECTIVES,
+               f"objective must be one of {sorted(OBJECTIVES)} or None, got {self.objective!r}")
+        if self.objective is not None:
+            encoder, generator = TRAINS[self.objective]
+            sides = {"joint": (True, True), "retriever": (True, False), "generator": (False, True)}[self.train_mode]
+            _check(all(want or not has for want, has in zip((encoder, generator), sides)),
+                   f"objective={self.objective!r} trains {'the question encoder' if encoder else 'no question encoder'}"
+                   f" and {'the generator' if generator else 'no generator'}, but train_mode={self.train_mode!r}; "
+                   f"set train_mode={'joint' if encoder and generator else 'retriever' if encoder else 'generator'!r}")
         _check(not (self.generator_lora and self.train_mode == "retriever"),
                "generator_lora is True but train_mode='retriever' trains no generator; "
                "set train_mode='joint' or 'generator', or generator_lora=False")

@@ -174,3 +174,46 @@ def _chunked_linear_log_probs(hidden, weight, targets, bias, chunk_size):
         for i in range(0, hidden.shape[0], chunk_size)
     ]
     return torch.cat(parts) if parts else hidden.new_zeros(0)
+
+
+def lsr_kl(doc_logprobs: torch.Tensor, seq_logprobs: torch.Tensor, lm_temperature: float = 1.0,
+           reduction: str = "mean") -> torch.Tensor:
+    """REPLUG-LSR: KL(P_R(z|x) || Q_LM(z|x,y)), the retriever fitted to the LM's preference.
+
+    Q_LM = softmax_k(log p_theta(y|f(x,z_k)) / beta) is a fixed target (no gradient
+    into the generator); gradient reaches only the retriever scores.
+
+    Args:
+        doc_logprobs: (B, K) log P_R(z_k|x), with gradient.
+        seq_logprobs: (B, K) log p_theta(y|f(x,z_k)); detached here.
+        lm_temperature: beta.
+    """
+    target = torch.log_softmax(seq_logprobs.detach().float() / lm_temperature, dim=-1)  # (B, K)
+    kl = (doc_logprobs.exp() * (doc_logprobs - target)).sum(-1)  # (B,)
+    return _reduce(kl, reduction)
+
+
+def ralt_nll(seq_logprobs: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """RA-DIT retrieval-augmented LM training: each retrieved passage is its own example.
+
+    L = -(1/BK) sum_{m,k} log p_theta(y_m | f(x_m, z_k)); the retriever gets no gradient.
+    """
+    per_question = -seq_logprobs.float().mean(-1)  # (B,)
+    return _reduce(per_question, reduction)
+
+
+def emdr2_nll(doc_logprobs: torch.Tensor, seq_logprobs: torch.Tensor, concat_logprobs: torch.Tensor,
+              reduction: str = "mean") -> torch.Tensor:
+    """EMDR^2 for a decoder-only reader (Sachan et al. 2021, as used by Atlas).
+
+    Reader: -log p_theta(y | f(x, z_1..K)) over the concatenated passages.
+    Retriever: -log sum_k p_eta(z_k|x) sg[p_theta(y|f(x,z_k))], the per-passage LM
+    likelihood as a fixed target, so the retriever is pulled towards the posterior.
+
+    Args:
+        doc_logprobs: (B, K) log p_eta(z_k|x), with gradient.
+        seq_logprobs: (B, K) per-passage log-likelihoods (detached here).
+        concat_logprobs: (B,) log p_theta(y | all K passages in one prompt), with gradient.
+    """
+    retriever = -torch.logsumexp(doc_logprobs.float() + seq_logprobs.detach().float(), dim=-1)  # (B,)
+    return _reduce(retriever - concat_logprobs.float(), reduction)

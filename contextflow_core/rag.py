@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from .config import PromptConfig, RagConfig
-from .loss import doc_log_probs, rag_sequence_nll
+from .loss import doc_log_probs
 from .models.encoders import TextEncoder
 from .models.loading import ensure_pad_token
+from .objectives import OBJECTIVES
 from .prompts import PromptBuilder
 from .retrieval import DocumentIndex, Retriever, as_retriever
 from .scoring import score_sequences
@@ -191,8 +192,7 @@ class RAGSequence(nn.Module):
         if answers is None:
             return RagOutput(None, doc_lp, None, retrieved.passages)
         answers = self._answers(answers, questions)
-        seq_lp = self.score(questions, retrieved.passages, answers)
-        loss = rag_sequence_nll(doc_lp, seq_lp.to(doc_lp.device))
+        loss, seq_lp = OBJECTIVES[self.config.objective](self, questions, doc_lp, retrieved.passages, answers)
         return RagOutput(loss, doc_lp, seq_lp, retrieved.passages)
 
     # -- decoding and files -------------------------------------------------

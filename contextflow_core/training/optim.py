@@ -71,8 +71,9 @@ def apply_train_mode(model: nn.Module, config: TrainConfig) -> None:
     if not (train_generator and _is_peft(model.generator)):
         model.generator.requires_grad_(train_generator)
     model.question_encoder.requires_grad_(train_encoder)
+    objective = config.objective or model.config.objective
     model.config = dataclasses.replace(
-        model.config, freeze_retriever=not train_encoder, freeze_generator=not train_generator
+        model.config, freeze_retriever=not train_encoder, freeze_generator=not train_generator, objective=objective
     )
     if not trainable_parameters(model):
         raise ValueError(f"train_mode: {config.train_mode!r} leaves no trainable parameter in the model")
