@@ -75,6 +75,9 @@ class RagConfig:
         objective: Loss `forward` returns: "marginal" (joint RAG-Sequence NLL),
             "lsr" (REPLUG-LSR, retriever only), "ralt" (RA-DIT, generator only) or
             "emdr2" (EMDR^2); see `objectives.py`.
+        train_context_encoder: Embed the K retrieved passages live with the context
+            encoder (gradient reaches it) instead of using the index's stored vectors;
+            the index then goes stale and should be refreshed (TrainConfig.refresh_index_steps).
     """
 
     num_docs: int = 5
@@ -86,6 +89,7 @@ class RagConfig:
     micro_batch_size: Optional[int] = None
     gradient_checkpointing: bool = False
     objective: str = "marginal"
+    train_context_encoder: bool = False
 
     def __post_init__(self) -> None:
         from .objectives import OBJECTIVES
@@ -169,6 +173,10 @@ class TrainConfig:
         objective: Training objective set on the model ("marginal", "lsr", "ralt", "emdr2";
             see `objectives.py`); None keeps the model's. "lsr" needs train_mode="retriever"
             and "ralt" needs train_mode="generator".
+        refresh_index_steps: Re-encode every passage with the current context encoder and
+            rebuild the index every this many optimiser steps; None: never.
+        refresh_in_background: Rebuild in a thread while training goes on with the old
+            index; the new one is swapped in at the first step boundary after it is ready.
     """
 
     num_epochs: int = 3
@@ -208,6 +216,8 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     objective: Optional[str] = None
+    refresh_index_steps: Optional[int] = None
+    refresh_in_background: bool = True
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -220,7 +230,7 @@ class TrainConfig:
             _check(_is_positive_int(getattr(self, name)),
                    f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("num_docs", "eval_steps", "save_steps", "early_stopping_patience",
-                     "save_total_limit", "max_steps"):
+                     "save_total_limit", "max_steps", "refresh_index_steps"):
             value = getattr(self, name)
             _check(value is None or _is_positive_int(value),
                    f"{name} must be a positive integer or None, got {value!r}")

@@ -66,6 +66,9 @@ class RAGSequence(nn.Module):
         num_docs: K; overrides `config.num_docs` when given.
         config: `RagConfig` (temperature, freezing, scoring mode, micro-batching).
         question_encoder_tokenizer: Tokenizer for a bare HF question encoder.
+        context_encoder: Passage encoder (DPR-style two towers); None shares the
+            question encoder. Used live (with gradient) for the K retrieved passages when
+            `config.train_context_encoder`, and by index refresh.
     """
 
     def __init__(
@@ -79,9 +82,12 @@ class RAGSequence(nn.Module):
         num_docs: Optional[int] = None,
         config: Optional[RagConfig] = None,
         question_encoder_tokenizer=None,
+        context_encoder: Optional[TextEncoder] = None,
     ) -> None:
         super().__init__()
         self.question_encoder = wrap_question_encoder(question_encoder, question_encoder_tokenizer)
+        # None: the question encoder also embeds passages (siamese, as the embedded MiniLM).
+        self._context_encoder = context_encoder
         self.retriever = as_retriever(retriever)
         self.generator = generator
         self.generator_tokenizer = ensure_pad_token(generator_tokenizer, generator)
@@ -101,6 +107,11 @@ class RAGSequence(nn.Module):
                 f"(index built with {self.index.encoder_name!r}); use the encoder the index was built with "
                 "or rebuild the index"
             )
+
+    @property
+    def context_encoder(self) -> TextEncoder:
+        """The encoder that embeds passages (the question encoder unless a separate one was given)."""
+        return self._context_encoder if self._context_encoder is not None else self.question_encoder
 
     @property
     def index(self) -> DocumentIndex:
@@ -158,7 +169,11 @@ class RAGSequence(nn.Module):
         k = self.resolve_num_docs(num_docs)
         q = self.question_encoder.embed(list(questions))  # (B, D)
         retrieved = self.retriever.candidates(questions, q.detach().float().cpu(), k)
-        d = retrieved.embeddings.to(device=q.device, dtype=q.dtype)  # (B, K, D)
+        if self.config.train_context_encoder:  # live passage embeddings, with gradient
+            texts = [p.text for row in retrieved.passages for p in row]
+            d = self.context_encoder.embed(texts).view(len(questions), -1, q.shape[-1])  # (B, K, D)
+        else:
+            d = retrieved.embeddings.to(device=q.device, dtype=q.dtype)  # (B, K, D) stored
         scores = torch.einsum("bd,bkd->bk", q, d)  # (B, K) live scores
         doc_lp = doc_log_probs(scores, self.config.temperature)
         if self.config.freeze_retriever:

@@ -52,18 +52,22 @@ def _write_manifest(root: Path) -> None:
 def save_rag(model, directory: Union[str, Path]) -> Path:
     """Write `model` (a RAGSequence) to `directory`, replacing it atomically."""
     enc = model.question_encoder
+    encoders = {"question_encoder": enc}
+    if model._context_encoder is not None:
+        encoders["context_encoder"] = model._context_encoder
     with atomic_dir(directory) as tmp:
-        enc.model.save_pretrained(tmp / "question_encoder", safe_serialization=True)
-        if enc.tokenizer is not None:
-            enc.tokenizer.save_pretrained(tmp / "question_encoder")
+        for folder, encoder in encoders.items():
+            encoder.model.save_pretrained(tmp / folder, safe_serialization=True)
+            if encoder.tokenizer is not None:
+                encoder.tokenizer.save_pretrained(tmp / folder)
         model.generator.save_pretrained(tmp / "generator", safe_serialization=True)
         model.generator_tokenizer.save_pretrained(tmp / "generator")
         model.index.save(tmp / "index")
         config = {
             "rag": to_dict(model.config),
             "prompt": to_dict(model.prompt_config),
-            "question_encoder": {"pooling": enc.pooling, "normalize": enc.normalize,
-                                 "max_length": enc.max_length, "name": enc.name},
+            **{folder: {"pooling": e.pooling, "normalize": e.normalize, "max_length": e.max_length, "name": e.name}
+               for folder, e in encoders.items()},
             "generator": _generator_source(model.generator),
             "retrieval_strategy": to_dict(model.retriever.strategy),
         }
@@ -117,16 +121,13 @@ def _load_generator(root: Path, source: dict[str, Any], **kwargs):
 
 def load_rag(cls, directory: Union[str, Path], *, index=None, **generator_kwargs):
     """Rebuild a RAGSequence saved by `save_rag`; `index=` overrides the saved index."""
-    from .models import load_encoder
     from .retrieval import DocumentIndex, Retriever, StrategyConfig
 
     root = Path(directory)
     verify_directory(root)
     config = json.loads((root / "rag_config.json").read_text())
-    enc_cfg = config["question_encoder"]
-    encoder = load_encoder(str(root / "question_encoder"), pooling=enc_cfg["pooling"],
-                           normalize=enc_cfg["normalize"], max_length=enc_cfg["max_length"])
-    encoder.name = enc_cfg["name"]
+    encoder = _load_encoder(root, config, "question_encoder")
+    context = _load_encoder(root, config, "context_encoder") if "context_encoder" in config else None
     generator, tokenizer = _load_generator(root, config["generator"], **generator_kwargs)
     if index is None:
         index = DocumentIndex.load(root / "index")
@@ -135,4 +136,15 @@ def load_rag(cls, directory: Union[str, Path], *, index=None, **generator_kwargs
     return cls(
         question_encoder=encoder, retriever=retriever, generator_tokenizer=tokenizer, generator=generator,
         prompt=from_dict(PromptConfig, config["prompt"]), config=from_dict(RagConfig, config["rag"]),
+        context_encoder=context,
     )
+
+
+def _load_encoder(root: Path, config: dict, folder: str):
+    from .models import load_encoder
+
+    cfg = config[folder]
+    encoder = load_encoder(str(root / folder), pooling=cfg["pooling"], normalize=cfg["normalize"],
+                           max_length=cfg["max_length"])
+    encoder.name = cfg["name"]
+    return encoder

@@ -81,6 +81,14 @@ class Retriever:
         """Top-k passages for (B, D) query embeddings (delegates to `DocumentIndex.search`)."""
         return self._index.search(query_embeddings, self.k if k is None else k)
 
+    def set_index(self, index: DocumentIndex) -> None:
+        """Replace the index (same dimension), e.g. after a refresh; derived structures rebuild."""
+        if not isinstance(index, DocumentIndex) or index.dim != self._index.dim:
+            raise ValueError(f"index: expected a DocumentIndex of dimension {self._index.dim}, "
+                             f"got {type(index).__name__} of dimension {getattr(index, 'dim', None)}")
+        self._index = index
+        self._bm25 = None
+
     def candidates(self, questions: Sequence[str], query_embeddings: ArrayLike, k: int) -> Retrieved:
         """The k passages per question chosen by `self.strategy` (the model re-scores them with gradient)."""
         queries = np.asarray(query_embeddings.detach().cpu() if hasattr(query_embeddings, "detach")

@@ -113,6 +113,11 @@ def _prepare(model, loader: DataLoader, val_data, config: TrainConfig, restore: 
     wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     run = TrainingRun(config, accelerator, wrapped, model, optimizer, scheduler, loader,
                       sampler if hasattr(sampler, "set_epoch") else None, val_data, len(loader), total, restore)
+    if config.refresh_index_steps:
+        from contextflow_core.retrieval.refresh import IndexRefresher
+
+        run.refresher = IndexRefresher(model.retriever, model.context_encoder,
+                                       background=config.refresh_in_background)
     maybe_resume(run)
     open_records(run)
     model.train()
@@ -239,6 +244,8 @@ def _at_boundary(run: TrainingRun, stepped: bool, epoch_end: bool) -> None:
 
     if run.since_log["steps"] and (every(cfg.log_every) or final):
         log_train(run)
+    if run.refresher is not None:
+        _refresh_index(run, start=every(cfg.refresh_index_steps) and not final)
     paused = time.perf_counter()
     if run.val_data is not None and (every(cfg.eval_steps) or (epoch_end and cfg.eval_on_epoch_end) or final):
         run_evaluation(run)
@@ -250,12 +257,23 @@ def _at_boundary(run: TrainingRun, stepped: bool, epoch_end: bool) -> None:
     run.since_log["time"] += time.perf_counter() - paused  # items/s counts training time only
 
 
+def _refresh_index(run: TrainingRun, start: bool, wait: bool = False) -> None:
+    """Start a rebuild when due, then swap in whichever rebuild is finished (recording its cost)."""
+    if start:
+        run.refresher.start(run.history.global_step)
+    record = run.refresher.swap_if_ready(run.history.global_step, wait=wait)
+    if record is not None:
+        run.record(run.history.refreshes, record)
+
+
 # ---------------------------------------------------------------------------- cleanup
 
 
 def _cleanup(run: TrainingRun, completed: bool) -> None:
     if run.bar is not None:
         run.bar.close()
+    if run.refresher is not None:
+        _refresh_index(run, start=False, wait=True)
     run.raw.config = run.restore["config"]
     run.raw.train(run.restore["training"])
     run.accelerator.free_memory()

@@ -26,6 +26,8 @@ __all__ = ["apply_train_mode", "build_optimizer", "build_scheduler", "param_grou
 def side_of(name: str) -> str:
     """"question_encoder", "generator" or "other" for a RAGSequence parameter name."""
     head = name.split(".", 1)[0]
+    if head == "_context_encoder":  # a separate passage encoder belongs to the retriever side
+        return "question_encoder"
     return head if head in SIDES else "other"
 
 
@@ -71,6 +73,8 @@ def apply_train_mode(model: nn.Module, config: TrainConfig) -> None:
     if not (train_generator and _is_peft(model.generator)):
         model.generator.requires_grad_(train_generator)
     model.question_encoder.requires_grad_(train_encoder)
+    if getattr(model, "_context_encoder", None) is not None:
+        model._context_encoder.requires_grad_(train_encoder and model.config.train_context_encoder)
     objective = config.objective or model.config.objective
     model.config = dataclasses.replace(
         model.config, freeze_retriever=not train_encoder, freeze_generator=not train_generator, objective=objective

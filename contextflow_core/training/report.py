@@ -34,6 +34,7 @@ class TrainHistory:
         skipped_steps: Optimiser steps skipped because of a non-finite loss or gradient.
         last_checkpoint: Path of the newest checkpoint written or resumed from.
         resumed_from: Checkpoint this run resumed from, if any.
+        refreshes: One record per index refresh: step started/swapped, seconds, passages/s.
     """
 
     train: list[dict[str, Any]] = field(default_factory=list)
@@ -46,6 +47,7 @@ class TrainHistory:
     skipped_steps: int = 0
     last_checkpoint: Optional[str] = None
     resumed_from: Optional[str] = None
+    refreshes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def records(self) -> list[dict[str, Any]]:

@@ -65,6 +65,7 @@ class TrainingRun:
     nonfinite_in_a_row: int = 0
     grad_norm: Optional[float] = None
     started: float = field(default_factory=time.perf_counter)
+    refresher: Any = None
 
     def __post_init__(self) -> None:
         self.reset_window()
