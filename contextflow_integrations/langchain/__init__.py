@@ -1,0 +1,59 @@
+"""LangChain adapters for ContextFlow (install with ``pip install 'contextflow[langchain]'``).
+
+Thin wrappers: conversion to and from LangChain types, delegation to `contextflow_core`.
+
+- `ContextFlowRetriever`: the trained question encoder + index as a `BaseRetriever`.
+- `ChatContextFlow` / `ContextFlowLLM`: the generator alone as a chat model / LLM.
+- `ContextFlowRAG`: RAG-Sequence answers as a Runnable (question -> answer + source documents).
+- `finetune_from_vectorstore`: export a vector store, train jointly, get all of the above back.
+- `export_documents` / `register_exporter`: documents and ids out of a vector store.
+
+Names are imported on first use, so ``import contextflow_integrations.langchain`` is
+cheap and fails with an install hint only when LangChain is missing.
+
+Example:
+    >>> from contextflow_integrations.langchain import finetune_from_vectorstore  # doctest: +SKIP
+    >>> result = finetune_from_vectorstore(store, "qa.jsonl")  # doctest: +SKIP
+    >>> chain = result.retriever | format_docs | prompt | result.chat_model() | StrOutputParser()  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ContextFlowRetriever": "retriever",
+    "passage_to_document": "retriever",
+    "ChatContextFlow": "chat_model",
+    "ContextFlowLLM": "chat_model",
+    "ContextFlowRAG": "rag_runnable",
+    "RAGQuestion": "rag_runnable",
+    "RAGResult": "rag_runnable",
+    "EXPORTERS": "export",
+    "export_documents": "export",
+    "register_exporter": "export",
+    "documents_to_passages": "export",
+    "FinetuneResult": "finetune",
+    "finetune_from_vectorstore": "finetune",
+    "rag_from_vectorstore": "finetune",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "langchain_core":
+            raise ImportError(f"{name} needs LangChain: pip install 'contextflow[langchain]'") from e
+        raise
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

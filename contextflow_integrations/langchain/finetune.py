@@ -1,0 +1,203 @@
+"""Fine-tune ContextFlow on the documents of a LangChain vector store.
+
+Boundary: glue only. Documents come out of the store (`export.py`), become a
+`DocumentIndex` encoded with the model's question encoder, the model trains with
+`contextflow_core.training.train_rag`, and the result is wrapped in the
+LangChain adapters. The store itself is never modified.
+
+Example:
+    >>> result = finetune_from_vectorstore(store, [("Who founded Tarsk?", "Ilo")],
+    ...                                    train_config=TrainConfig(num_epochs=2))  # doctest: +SKIP
+    >>> result.chain.invoke("Who founded Tarsk?")["answer"]  # doctest: +SKIP
+    'Ilo'
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from langchain_core.documents import Document
+
+from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
+from contextflow_core.data.readers import load_qa
+from contextflow_core.rag import RAGSequence
+from contextflow_core.retrieval import DocumentIndex
+from contextflow_core.training import TrainHistory, make_dataloader, train_rag
+
+from .chat_model import ChatContextFlow
+from .export import documents_to_passages, export_documents
+from .rag_runnable import ContextFlowRAG
+from .retriever import ContextFlowRetriever, passage_to_document
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune_from_vectorstore` returns.
+
+    Attributes:
+        model: The trained `RAGSequence` (its index holds the store's documents).
+        retriever: `ContextFlowRetriever` over the trained question encoder and the index.
+        chain: `ContextFlowRAG` answering with the trained model (question -> answer + sources).
+        history: The `TrainHistory` of `train_rag` (per-step losses, evaluations, stop reason).
+        documents: The documents that were indexed, each with its id (as the index holds them).
+    """
+
+    model: RAGSequence
+    retriever: ContextFlowRetriever
+    chain: ContextFlowRAG
+    history: TrainHistory
+    documents: list[Document] = field(repr=False)
+
+    def chat_model(self, **kwargs: Any) -> ChatContextFlow:
+        """The trained generator alone as a `ChatContextFlow` (kwargs: its fields, e.g. max_tokens)."""
+        return ChatContextFlow.from_rag(self.model, **kwargs)
+
+    def save(self, directory: Any) -> None:
+        """Save the trained model and its index (`RAGSequence.save_pretrained`)."""
+        self.model.save_pretrained(directory)
+
+
+def _collect_documents(vectorstore: Any, documents: Optional[Sequence[Document]],
+                       ids: Optional[Sequence[str]]) -> tuple[list[Document], Optional[Sequence[str]]]:
+    """The documents to index, and explicit ids for them (only with `documents=`)."""
+    if vectorstore is not None and documents is not None:
+        raise ValueError("vectorstore, documents: expected one source of documents, got both; "
+                         "pass documents=None to export the store, or vectorstore=None")
+    if documents is not None:
+        if isinstance(documents, (str, Document)):
+            raise ValueError(f"documents: expected a list of Documents, got a single {type(documents).__name__}")
+        documents = list(documents)
+        if not documents:
+            raise ValueError("documents: expected at least one Document, got an empty list")
+        return documents, ids
+    if vectorstore is None:
+        raise ValueError("vectorstore: expected a LangChain vector store (or documents=[...]), got None")
+    return export_documents(vectorstore, ids), None
+
+
+def _components(model: Optional[RAGSequence], encoder: Any, generator: Any, tokenizer: Any):
+    """(question encoder, generator, tokenizer, prompt, rag config) from `model`, the arguments or the defaults."""
+    if model is not None:
+        parts = (("encoder", encoder), ("generator", generator), ("tokenizer", tokenizer))
+        given = [name for name, value in parts if value is not None]
+        if given:
+            raise ValueError(f"model, {', '.join(given)}: pass a RAGSequence or its parts, not both")
+        if not isinstance(model, RAGSequence):
+            raise ValueError(f"model: expected a RAGSequence, got {type(model).__name__}")
+        return model.question_encoder, model.generator, model.generator_tokenizer, model.prompt_config, model.config
+    if (generator is None) != (tokenizer is None):
+        raise ValueError("generator, tokenizer: expected both (a HF causal LM and its tokenizer) or neither, "
+                         f"got only {'generator' if generator is not None else 'tokenizer'}")
+    if encoder is None:
+        from contextflow_core.models import default_question_encoder
+
+        encoder = default_question_encoder()
+    if generator is None:
+        from contextflow_core.models import default_generator
+
+        generator, tokenizer = default_generator()
+    return encoder, generator, tokenizer, None, None
+
+
+def rag_from_vectorstore(
+    vectorstore: Any = None,
+    *,
+    model: Optional[RAGSequence] = None,
+    encoder: Any = None,
+    generator: Any = None,
+    tokenizer: Any = None,
+    documents: Optional[Sequence[Document]] = None,
+    ids: Optional[Sequence[str]] = None,
+    num_docs: Optional[int] = None,
+    prompt: Optional[PromptConfig] = None,
+    rag_config: Optional[RagConfig] = None,
+    title_key: Optional[str] = "title",
+    index_factory: str = "Flat",
+) -> RAGSequence:
+    """An untrained `RAGSequence` over the documents of `vectorstore` (see `finetune_from_vectorstore`)."""
+    docs, doc_ids = _collect_documents(vectorstore, documents, ids)
+    encoder, generator, tokenizer, model_prompt, model_config = _components(model, encoder, generator, tokenizer)
+    passages = documents_to_passages(docs, doc_ids, title_key)
+    index = DocumentIndex.from_passages(passages, encoder, index_factory=index_factory, show_progress=False)
+    config = rag_config or model_config or RagConfig()
+    k = num_docs if num_docs is not None else min(config.num_docs, len(passages))
+    return RAGSequence(encoder, index, tokenizer, generator, prompt=prompt or model_prompt, config=config,
+                       num_docs=k)
+
+
+def finetune_from_vectorstore(
+    vectorstore: Any,
+    qa_pairs: Any,
+    *,
+    model: Optional[RAGSequence] = None,
+    encoder: Any = None,
+    generator: Any = None,
+    tokenizer: Any = None,
+    train_config: Optional[TrainConfig] = None,
+    documents: Optional[Sequence[Document]] = None,
+    ids: Optional[Sequence[str]] = None,
+    val_pairs: Any = None,
+    batch_size: int = 4,
+    num_docs: Optional[int] = None,
+    k: int = 4,
+    prompt: Optional[PromptConfig] = None,
+    rag_config: Optional[RagConfig] = None,
+    title_key: Optional[str] = "title",
+    index_factory: str = "Flat",
+    max_new_tokens: int = 64,
+) -> FinetuneResult:
+    """Index a vector store's documents with ContextFlow, train jointly on QA pairs, return LangChain parts.
+
+    The models come from `model` (a `RAGSequence`; its encoder, generator, prompt and
+    config are reused and trained in place, its index is replaced), or from
+    `encoder`/`generator`/`tokenizer`, or by default from the embedded models
+    (`default_question_encoder()`, `default_generator()`). The question encoder also
+    encodes the documents (one shared embedding space).
+
+    Args:
+        vectorstore: A LangChain vector store (`InMemoryVectorStore`, community `FAISS`,
+            `Chroma`, `QdrantVectorStore`/`Qdrant`, or any store with `get_by_ids` when
+            `ids` is given); None when `documents` is given.
+        qa_pairs: Training questions and answers: (question, answer) tuples, dicts with
+            "question"/"answer", or a JSONL/JSON/CSV path (anything `load_qa` reads).
+        model: A `RAGSequence` whose parts are trained.
+        encoder: Question encoder (`TextEncoder`) when no `model` is given.
+        generator: HF causal LM when no `model` is given (with `tokenizer`).
+        tokenizer: The generator's tokenizer.
+        train_config: `TrainConfig` for `train_rag` (epochs, learning rate, max_steps,
+            train_mode, generator_lora, output_dir, ...); default `TrainConfig()`.
+        documents: Documents to index instead of exporting a store.
+        ids: With a store: fetch only these ids via `get_by_ids`. With `documents`: their ids
+            (default: `Document.id`, else the position).
+        val_pairs: Validation QA pairs (same forms as `qa_pairs`); None: no evaluation.
+        batch_size: Questions per training batch.
+        num_docs: K passages per question; default min(model's K, number of documents).
+        k: Documents returned by the result's `retriever`.
+        prompt: `PromptConfig` for a model built here (default: the model's, else `PromptConfig()`).
+        rag_config: `RagConfig` for a model built here.
+        title_key: Document metadata key used as passage title (None: no titles).
+        index_factory: FAISS factory string of the new index.
+        max_new_tokens: Answer budget of the result's `chain`.
+
+    Returns:
+        A `FinetuneResult` with the trained model, `retriever`, `chain` and training `history`.
+
+    Raises:
+        TypeError: The store's class has no exporter and no `ids` were given (pass `documents=`).
+        ValueError: Conflicting or malformed arguments, an empty store, or bad QA data.
+    """
+    examples = load_qa(qa_pairs)
+    if not examples:
+        raise ValueError("qa_pairs: expected at least one (question, answer) pair, got none")
+    config = train_config or TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"train_config: expected a TrainConfig, got {type(config).__name__}")
+    rag = rag_from_vectorstore(vectorstore, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
+                               documents=documents, ids=ids, num_docs=num_docs, prompt=prompt,
+                               rag_config=rag_config, title_key=title_key, index_factory=index_factory)
+    train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
+    val = make_dataloader(val_pairs, batch_size=batch_size, shuffle=False) if val_pairs is not None else None
+    history = train_rag(rag, train, val, config=config)
+    return FinetuneResult(model=rag, retriever=ContextFlowRetriever(model=rag, k=min(k, len(rag.index))),
+                          chain=ContextFlowRAG(model=rag, max_new_tokens=max_new_tokens), history=history,
+                          documents=[passage_to_document(p) for p in rag.index.passages])
