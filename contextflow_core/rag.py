@@ -31,6 +31,7 @@ from torch import nn
 from .config import PromptConfig, RagConfig
 from .loss import doc_log_probs
 from .models.encoders import TextEncoder
+from .locks import model_lock
 from .models.loading import ensure_pad_token
 from .objectives import OBJECTIVES
 from .prompts import PromptBuilder
@@ -226,8 +227,9 @@ class RAGSequence(nn.Module):
         from .generation import rag_generate
 
         questions = self._questions(questions, input_ids, attention_mask)
-        return rag_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens, decoding,
-                            **generate_kwargs)
+        with model_lock(self.generator):  # concurrent callers take turns (see locks.py)
+            return rag_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens, decoding,
+                                **generate_kwargs)
 
     def save_pretrained(self, directory) -> None:
         from .serialization import save_rag

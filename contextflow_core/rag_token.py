@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .locks import model_lock
 from .loss import rag_token_nll
 from .rag import RAGSequence
 from .scoring import score_tokens
@@ -58,10 +59,11 @@ class RAGToken(RAGSequence):
         if unknown:
             raise ValueError(f"generate_kwargs: RAGToken supports do_sample, temperature, top_k; got {sorted(unknown)}")
         questions = self._questions(questions, input_ids, attention_mask)
-        was_training = self.training
-        self.eval()
-        try:
-            return rag_token_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens,
-                                      **generate_kwargs)
-        finally:
-            self.train(was_training)
+        with model_lock(self.generator):
+            was_training = self.training
+            self.eval()
+            try:
+                return rag_token_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens,
+                                          **generate_kwargs)
+            finally:
+                self.train(was_training)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -31,17 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from contextflow_core.locks import model_lock
+
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
-_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(module: Any) -> threading.Lock:
-    """One lock per torch module: concurrent LangChain calls (batch, abatch) take turns on a model."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(module, threading.Lock())
-
-
 @contextmanager
 def inference(module: Any) -> Iterator[None]:
     """Hold `module`'s lock and run it in eval mode without gradient (training mode restored after)."""

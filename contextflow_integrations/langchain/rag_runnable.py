@@ -17,7 +17,6 @@ from typing_extensions import TypedDict
 
 from contextflow_core.generation import DECODERS
 
-from .chat_model import model_lock
 from .retriever import passage_to_document
 
 
@@ -108,8 +107,7 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
     def _answer(self, questions: list[str], **overrides: Any) -> list[RAGResult]:
         options = {"num_docs": self.num_docs, "max_new_tokens": self.max_new_tokens, "decoding": self.decoding,
                    **self.generate_kwargs, **overrides}
-        with model_lock(self.model.generator):
-            answers = self.model.generate(questions=questions, **options)
+        answers = self.model.generate(questions=questions, **options)  # generate holds the model's lock
         return [RAGResult(answer=a.text,
                           source_documents=[passage_to_document(p, weight=float(w)) for p, w in a.sources])
                 for a in answers]
