@@ -6,7 +6,7 @@ Each dataclass documents its fields and rejects contradictions in
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 

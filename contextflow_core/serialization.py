@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from .config import PromptConfig, RagConfig, from_dict, to_dict
 from .io_utils import atomic_dir, atomic_write_text, sha256_file

@@ -18,10 +18,10 @@ from typing import Any, Optional, Sequence
 
 from langchain_core.documents import Document
 
+from contextflow_core.building import build_rag
 from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
 from contextflow_core.data.readers import load_qa
 from contextflow_core.rag import RAGSequence
-from contextflow_core.retrieval import DocumentIndex
 from contextflow_core.training import TrainHistory, make_dataloader, train_rag
 
 from .chat_model import ChatContextFlow
@@ -75,30 +75,6 @@ def _collect_documents(vectorstore: Any, documents: Optional[Sequence[Document]]
     return export_documents(vectorstore, ids), None
 
 
-def _components(model: Optional[RAGSequence], encoder: Any, generator: Any, tokenizer: Any):
-    """(question encoder, generator, tokenizer, prompt, rag config) from `model`, the arguments or the defaults."""
-    if model is not None:
-        parts = (("encoder", encoder), ("generator", generator), ("tokenizer", tokenizer))
-        given = [name for name, value in parts if value is not None]
-        if given:
-            raise ValueError(f"model, {', '.join(given)}: pass a RAGSequence or its parts, not both")
-        if not isinstance(model, RAGSequence):
-            raise ValueError(f"model: expected a RAGSequence, got {type(model).__name__}")
-        return model.question_encoder, model.generator, model.generator_tokenizer, model.prompt_config, model.config
-    if (generator is None) != (tokenizer is None):
-        raise ValueError("generator, tokenizer: expected both (a HF causal LM and its tokenizer) or neither, "
-                         f"got only {'generator' if generator is not None else 'tokenizer'}")
-    if encoder is None:
-        from contextflow_core.models import default_question_encoder
-
-        encoder = default_question_encoder()
-    if generator is None:
-        from contextflow_core.models import default_generator
-
-        generator, tokenizer = default_generator()
-    return encoder, generator, tokenizer, None, None
-
-
 def rag_from_vectorstore(
     vectorstore: Any = None,
     *,
@@ -116,13 +92,9 @@ def rag_from_vectorstore(
 ) -> RAGSequence:
     """An untrained `RAGSequence` over the documents of `vectorstore` (see `finetune_from_vectorstore`)."""
     docs, doc_ids = _collect_documents(vectorstore, documents, ids)
-    encoder, generator, tokenizer, model_prompt, model_config = _components(model, encoder, generator, tokenizer)
     passages = documents_to_passages(docs, doc_ids, title_key)
-    index = DocumentIndex.from_passages(passages, encoder, index_factory=index_factory, show_progress=False)
-    config = rag_config or model_config or RagConfig()
-    k = num_docs if num_docs is not None else min(config.num_docs, len(passages))
-    return RAGSequence(encoder, index, tokenizer, generator, prompt=prompt or model_prompt, config=config,
-                       num_docs=k)
+    return build_rag(passages, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
+                     num_docs=num_docs, prompt=prompt, rag_config=rag_config, index_factory=index_factory)
 
 
 def finetune_from_vectorstore(

@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence
 import torch
 from llama_index.core.schema import TextNode
 
+from contextflow_core.building import build_rag
 from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
 from contextflow_core.data.readers import QAExample, load_qa
 from contextflow_core.evaluation.metrics import mrr, recall_at_k
@@ -174,41 +175,6 @@ def _collect_passages(index_or_vector_store: Any, nodes: Optional[Sequence[Any]]
     return passages_from_nodes(nodes_from_index(index_or_vector_store))
 
 
-def _components(model: Optional[RAGSequence], encoder: Any, generator: Any, tokenizer: Any) -> tuple:
-    """(question encoder, generator, tokenizer, prompt, rag config) from `model`, the parts or the defaults."""
-    if model is not None:
-        parts = (("encoder", encoder), ("generator", generator), ("tokenizer", tokenizer))
-        given = [n for n, v in parts if v is not None]
-        if given:
-            raise ValueError(f"model, {', '.join(given)}: pass a RAGSequence or its parts, not both")
-        if not isinstance(model, RAGSequence):
-            raise ValueError(f"model: expected a RAGSequence (or None for the embedded defaults), "
-                             f"got {type(model).__name__}")
-        return model.question_encoder, model.generator, model.generator_tokenizer, model.prompt_config, model.config
-    if (generator is None) != (tokenizer is None):
-        raise ValueError("generator, tokenizer: expected both (a HF causal LM and its tokenizer) or neither, "
-                         f"got only {'generator' if generator is not None else 'tokenizer'}")
-    if encoder is None:
-        from contextflow_core.models import default_question_encoder
-
-        encoder = default_question_encoder()
-    if generator is None:
-        from contextflow_core.models import default_generator
-
-        generator, tokenizer = default_generator()
-    return encoder, generator, tokenizer, None, None
-
-
-def _build_rag(passages: list[Passage], components: tuple, num_docs: Optional[int],
-               prompt: Optional[PromptConfig], rag_config: Optional[RagConfig]) -> RAGSequence:
-    encoder, generator, tokenizer, model_prompt, model_config = components
-    index = DocumentIndex.from_passages(passages, encoder, show_progress=False)
-    config = rag_config or model_config or RagConfig()
-    k = num_docs if num_docs is not None else min(config.num_docs, len(passages))
-    return RAGSequence(encoder, index, tokenizer, generator, prompt=prompt or model_prompt, config=config,
-                       num_docs=k)
-
-
 @torch.no_grad()
 def _retrieval_metrics(rag: RAGSequence, examples: list[QAExample], batch_size: int = 64) -> Optional[dict]:
     labelled = [e for e in examples if e.gold_ids]
@@ -305,7 +271,8 @@ def finetune_from_index(
     if not isinstance(config, TrainConfig):
         raise ValueError(f"train_config: expected a TrainConfig, got {type(config).__name__}")
     passages = _collect_passages(index_or_vector_store, nodes, qa_pairs)
-    rag = _build_rag(passages, _components(model, encoder, generator, tokenizer), num_docs, prompt, rag_config)
+    rag = build_rag(passages, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
+                    num_docs=num_docs, prompt=prompt, rag_config=rag_config)
     _warn_unknown_gold(examples + (val_examples or []), rag.index)
     before = _retrieval_metrics(rag, examples)
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)

@@ -1,0 +1,68 @@
+"""Build a RAGSequence over a passage collection from a model, its parts, or the embedded defaults.
+
+Boundary: assembly only (the adapters' fine-tune helpers and the CLI call it);
+no training, no I/O.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from .config import PromptConfig, RagConfig
+from .rag import RAGSequence
+from .retrieval import DocumentIndex
+from .types import Passage
+
+
+def _components(model: Optional[RAGSequence], encoder: Any, generator: Any, tokenizer: Any) -> tuple:
+    """(question encoder, generator, tokenizer, prompt, rag config) from `model`, the parts or the defaults."""
+    if model is not None:
+        given = [n for n, v in (("encoder", encoder), ("generator", generator), ("tokenizer", tokenizer))
+                 if v is not None]
+        if given:
+            raise ValueError(f"model, {', '.join(given)}: pass a RAGSequence or its parts, not both")
+        if not isinstance(model, RAGSequence):
+            raise ValueError(f"model: expected a RAGSequence (or None for the embedded defaults), "
+                             f"got {type(model).__name__}")
+        return model.question_encoder, model.generator, model.generator_tokenizer, model.prompt_config, model.config
+    if (generator is None) != (tokenizer is None):
+        raise ValueError("generator, tokenizer: expected both (a HF causal LM and its tokenizer) or neither, "
+                         f"got only {'generator' if generator is not None else 'tokenizer'}")
+    if encoder is None:
+        from .models import default_question_encoder
+
+        encoder = default_question_encoder()
+    if generator is None:
+        from .models import default_generator
+
+        generator, tokenizer = default_generator()
+    return encoder, generator, tokenizer, None, None
+
+
+def build_rag(
+    passages: Sequence[Passage],
+    *,
+    model: Optional[RAGSequence] = None,
+    encoder: Any = None,
+    generator: Any = None,
+    tokenizer: Any = None,
+    num_docs: Optional[int] = None,
+    prompt: Optional[PromptConfig] = None,
+    rag_config: Optional[RagConfig] = None,
+    index_factory: str = "Flat",
+) -> RAGSequence:
+    """A RAGSequence over `passages`, indexed with the (given, model's or default) question encoder.
+
+    Args:
+        passages: The collection to index.
+        model: Reuse this model's encoder, generator, prompt and config (its index is not used).
+        encoder, generator, tokenizer: Parts to use instead; missing ones are the embedded defaults.
+        num_docs: K; None: the config's, capped at the collection size.
+        prompt, rag_config: Override the model's (or the defaults).
+        index_factory: FAISS factory string for the new index.
+    """
+    encoder, generator, tokenizer, model_prompt, model_config = _components(model, encoder, generator, tokenizer)
+    index = DocumentIndex.from_passages(list(passages), encoder, index_factory=index_factory, show_progress=False)
+    config = rag_config or model_config or RagConfig()
+    k = num_docs if num_docs is not None else min(config.num_docs, len(index))
+    return RAGSequence(encoder, index, tokenizer, generator, prompt=prompt or model_prompt, config=config,
+                       num_docs=k)
