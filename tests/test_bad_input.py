@@ -144,3 +144,63 @@ def test_errors_doc_matches_source():
         assert fragment in sources, f"docs/errors.md row {inp!r}: message fragment {fragment!r} not found in source"
         assert exc.strip("`") in {"ValueError", "TypeError", "FileNotFoundError", "KeyError", "RuntimeError",
                                   "UserWarning", "handled"}, exc
+
+
+# -- training-side rows ---------------------------------------------------------------
+def _train(model, data, tmp_path, **overrides):
+    from train_tiny import tiny_config
+
+    from contextflow_core.training import train_rag
+
+    return train_rag(model, data, config=tiny_config(tmp_path, num_epochs=1, **overrides))
+
+
+def test_empty_dataloader_rejected(tmp_path):
+    from train_tiny import build_rag
+
+    with pytest.raises(ValueError, match="train_dataloader: expected at least one batch, got an empty dataloader"):
+        _train(build_rag(), [], tmp_path)
+
+
+def test_answer_that_cannot_fit_rejected_before_training(tmp_path):
+    from train_tiny import build_rag
+
+    from contextflow_core.training import make_dataloader
+
+    rag = build_rag()
+    rag.prompts.config.max_length = 120
+    data = make_dataloader([("short question?", "a very long answer " * 20)], batch_size=1)
+    with pytest.raises(ValueError, match=r"train_dataloader: example 0 .* cannot be trained on: max_length"):
+        _train(rag, data, tmp_path)
+
+
+def test_checkpoint_from_another_model_and_tampered_checkpoint_refused(tmp_path):
+    from train_tiny import build_rag
+
+    from contextflow_core.training import latest_checkpoint, make_dataloader
+
+    data = make_dataloader([("What is the capital of Quenia?", "Zorblat")] * 2, batch_size=1)
+    _train(build_rag(), data, tmp_path, max_steps=1)
+    ckpt = latest_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="was written for another model"):
+        _train(build_rag(hidden=16), data, tmp_path, resume=str(ckpt))
+    _flip(next(ckpt.glob("*.safetensors")))
+    with pytest.raises(ValueError, match="resume: checksum mismatch"):
+        _train(build_rag(), data, tmp_path, resume=str(ckpt))
+
+
+def test_full_disk_during_model_save_keeps_the_previous_model(rag, tmp_path, monkeypatch):
+    rag.save_pretrained(tmp_path / "m")
+    before = RAGSequence.from_pretrained(tmp_path / "m")(questions=["q"], answers=["a"]).loss
+    import contextflow_core.serialization as ser
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ser, "_write_manifest", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        rag.save_pretrained(tmp_path / "m")
+    monkeypatch.undo()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.")]  # no temp dir left behind
+    again = RAGSequence.from_pretrained(tmp_path / "m")(questions=["q"], answers=["a"]).loss
+    assert torch.allclose(before, again)

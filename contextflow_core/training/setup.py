@@ -109,8 +109,8 @@ def check_answer_lengths(model, loader: DataLoader, slack: int = 16) -> None:
         try:
             prompts.encode(ex.question, Passage(id="-", text="-"), ex.answer)
         except ValueError as e:
-            raise ValueError(f"train_dataloader: example {i} (question {ex.question[:60]!r}) cannot be "
-                             f"trained on: {e}") from e
+            raise ValueError(f"train_dataloader: example {i} (question {ex.question[:60]!r}) "
+                             f"cannot be trained on: {e}") from e
 
 
 def make_accelerator(config: TrainConfig):
