@@ -60,21 +60,22 @@ def _run_generate(model, encoded, max_new_tokens: int, **kwargs) -> tuple[list[s
     return texts, logp.cpu()
 
 
-def _chunks(items: list, size) -> list[list]:
-    size = size or len(items) or 1
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def _generate_in_chunks(model, encoded, max_new_tokens: int, kwargs) -> tuple[list[str], torch.Tensor]:
+    """`_run_generate` over micro-batches of `config.micro_batch_size` prompts (all at once when None)."""
+    size = model.config.micro_batch_size or len(encoded) or 1
+    texts, logps = [], []
+    for start in range(0, len(encoded), size):
+        t, lp = _run_generate(model, encoded[start : start + size], max_new_tokens, **kwargs)
+        texts += t
+        logps.append(lp)
+    return texts, torch.cat(logps)
 
 
 def _generate_per_passage(model, questions, passages, max_new_tokens, kwargs):
     """Candidates from each (question, passage) prompt: texts[b][k] (R each) and log-probs[b][k]."""
     encoded = model.prompts.encode_batch(questions, passages)
     R = kwargs.get("num_return_sequences", 1)
-    texts, logps = [], []
-    for chunk in _chunks(encoded, model.config.micro_batch_size):
-        t, lp = _run_generate(model, chunk, max_new_tokens, **kwargs)
-        texts += t
-        logps.append(lp)
-    logp = torch.cat(logps)
+    texts, logp = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
     K = len(passages[0])
     by_q = [[texts[(b * K + k) * R : (b * K + k + 1) * R] for k in range(K)] for b in range(len(questions))]
     lp_q = logp.view(len(questions), K, R)
@@ -143,12 +144,7 @@ def _fast(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[Ra
 def _concat(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
     encoded = [model.prompts.encode(q, ps) for q, ps in zip(questions, passages)]
     kwargs = {k: v for k, v in kwargs.items() if k != "num_return_sequences"}
-    texts, logps = [], []
-    for chunk in _chunks(encoded, model.config.micro_batch_size):
-        t, lp = _run_generate(model, chunk, max_new_tokens, **kwargs)
-        texts += t
-        logps.append(lp)
-    logp = torch.cat(logps)
+    texts, logp = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
     scored = [b for b, t in enumerate(texts) if t]
     weights = doc_lp.exp().clone()
     if scored:

@@ -159,3 +159,13 @@ def test_load_refuses_tampered_file_and_pickles(rag, tmp_path):
         RAGSequence.from_pretrained(tmp_path / "n")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         RAGSequence.from_pretrained(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("decoding", ["thorough", "fast", "concat"])
+def test_micro_batching_changes_nothing(rag, decoding):
+    whole = rag.generate(questions=QS, max_new_tokens=4, decoding=decoding)
+    loss = rag(questions=QS, answers=ANS).loss
+    rag.config = RagConfig(num_docs=3, micro_batch_size=2)
+    chunked = rag.generate(questions=QS, max_new_tokens=4, decoding=decoding)
+    assert [(a.text, round(a.score, 3)) for a in whole] == [(a.text, round(a.score, 3)) for a in chunked]
+    assert torch.allclose(loss, rag(questions=QS, answers=ANS).loss, atol=1e-5)
