@@ -18,8 +18,8 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from contextflow_integrations import lazy_exports
 
 _EXPORTS = {
     "ContextFlowRetriever": "retriever",
@@ -41,18 +41,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] == "langchain_core":
-            raise ImportError(f"{name} needs LangChain: pip install 'contextflow[langchain]'") from e
-        raise
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, "langchain_core", "pip install 'contextflow[langchain]'")
 
 
 def __dir__() -> list[str]:

@@ -18,8 +18,8 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from contextflow_integrations import lazy_exports
 
 _EXPORTS = {
     "ContextFlowQueryEngine": "query_engine",
@@ -38,19 +38,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] == "llama_index":
-            raise ImportError(f"{name} needs LlamaIndex: pip install 'contextflow[llamaindex]' "
-                              f"(llama-index-core); missing module {e.name!r}") from e
-        raise
-    value = getattr(module, name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, "llama_index", "pip install 'contextflow[llamaindex]'")
 
 
 def __dir__() -> list[str]:
