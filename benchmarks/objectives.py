@@ -12,7 +12,7 @@ one way to train:
 
 Run:
     python benchmarks/objectives.py --quick     # ~10 min: 20 steps, 12 test questions, one seed
-    python benchmarks/objectives.py             # 60 steps, the whole test split, seeds 0 1 2
+    python benchmarks/objectives.py             # quality.py's full mode: 60 steps, whole test split, seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -84,8 +84,7 @@ def main(argv=None) -> dict[str, Any]:
     ap.add_argument("--conditions", nargs="+", choices=list(CONDITIONS))
     ap.add_argument("--num-test", type=int)
     args = ap.parse_args(argv)
-    cfg = (quality.QualityConfig(train_seeds=(0,), max_steps=20, num_test=12) if args.quick
-           else quality.QualityConfig())
+    cfg = quality.QUICK if args.quick else quality.FULL
     overrides = {"train_seeds": tuple(args.seeds) if args.seeds else None, "max_steps": args.steps,
                  "num_test": args.num_test}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
