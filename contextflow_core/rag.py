@@ -168,7 +168,8 @@ class RAGSequence(nn.Module):
     def retrieve(self, questions: Sequence[str], num_docs: Optional[int] = None) -> tuple[torch.Tensor, Retrieved]:
         """Top-K passages and log p_eta(z|x) (B, K), with gradient into the question encoder."""
         k = self.resolve_num_docs(num_docs)
-        q = self.question_encoder.embed(list(questions))  # (B, D)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_retriever):
+            q = self.question_encoder.embed(list(questions))  # (B, D)
         retrieved = self.retriever.candidates(questions, q.detach().float().cpu(), k)
         if self.config.train_context_encoder:  # live passage embeddings, with gradient
             texts = [p.text for row in retrieved.passages for p in row]
@@ -187,12 +188,14 @@ class RAGSequence(nn.Module):
     ) -> torch.Tensor:
         """log p_theta(answer_b | f(question_b, passage_bk)), (B, K)."""
         encoded = self.prompts.encode_batch(questions, passages, answers)
-        flat = score_sequences(
-            self.generator, encoded, self.prompts.collate, mode=self.config.scoring,
-            micro_batch_size=self.config.micro_batch_size, length_normalize=self.config.length_normalize,
-        )
+        frozen = self.config.freeze_generator
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # frozen: keep no activations
+            flat = score_sequences(
+                self.generator, encoded, self.prompts.collate, mode=self.config.scoring,
+                micro_batch_size=self.config.micro_batch_size, length_normalize=self.config.length_normalize,
+            )
         seq_lp = flat.view(len(questions), -1)
-        return seq_lp.detach() if self.config.freeze_generator else seq_lp
+        return seq_lp.detach() if frozen else seq_lp
 
     def forward(
         self,
