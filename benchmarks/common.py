@@ -25,7 +25,7 @@ import sys
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -91,7 +91,9 @@ def header(name: str, config: dict[str, Any], device: str = "cpu") -> dict[str, 
 def write_results(name: str, payload: dict[str, Any], quick: bool) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}{'_quick' if quick else ''}.json"
-    path.write_text(json.dumps(_json_safe(payload), indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")  # atomic: a killed run never leaves a half-written file
+    tmp.write_text(json.dumps(_json_safe(payload), indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     print(f"# wrote {os.path.relpath(path, ROOT)}", flush=True)
     return path
 
