@@ -188,6 +188,37 @@ def report(rows: list[dict[str, Any]], k: int) -> str:
     return common.markdown_table(table)
 
 
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Exact match and recall@1 per condition: bars at the mean over seeds, one dot per seed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cfg, runs = payload["config"], payload["runs"]
+    conditions = [c for c in cfg["conditions"] if any(r["condition"] == c for r in runs)]
+    fig = Figure(figsize=(9, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    colors = {"untrained": "0.6", "generator": "C1", "retriever": "C2", "joint": "C0"}
+    for i, (metric, label) in enumerate((("exact_match", "exact match"), ("recall@1", "recall@1"),
+                                         ("mrr", "MRR"))):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for j, c in enumerate(conditions):
+            values = [r["metrics"][metric] for r in runs if r["condition"] == c]
+            ax.bar(j, statistics.mean(values), 0.7, color=colors.get(c, "C3"))
+            ax.plot([j] * len(values), values, "k.", ms=5)
+            ax.text(j, max(values) + 0.02, f"{statistics.mean(values):.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(conditions)))
+        ax.set_xticklabels(conditions, fontsize=8)
+        ax.set_ylim(0, 1.1)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    seeds = len(cfg["train_seeds"])
+    fig.suptitle(f"Synthetic test split ({payload['num_test']} questions): {cfg['max_steps']} steps, batch "
+                 f"{cfg['batch_size']}, K={cfg['num_docs']}, temperature {cfg['temperature']}, "
+                 f"{seeds} seed{'s' if seeds > 1 else ''} (dots)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
 def main(argv=None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="~4 min: 60 entities, 20 steps, 12 test questions, one seed")
@@ -203,7 +234,13 @@ def main(argv=None) -> dict[str, Any]:
     ap.add_argument("--num-test", type=int)
     ap.add_argument("--decoding", choices=("thorough", "fast", "concat"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="redraw the PNG from the saved JSON, train nothing")
     args = ap.parse_args(argv)
+    name = "quality" + (f"_{args.tag}" if args.tag else "")
+    if args.replot:
+        payload = json.loads(common.results_path(name, args.quick, "json").read_text())
+        plot(payload, common.results_path(name, args.quick, "png"))
+        return payload
     cfg = QUICK if args.quick else FULL
     overrides = {"train_seeds": tuple(args.seeds) if args.seeds else None, "max_steps": args.steps,
                  "conditions": tuple(args.conditions) if args.conditions else None,
@@ -211,7 +248,6 @@ def main(argv=None) -> dict[str, Any]:
                  "generator_lr": args.generator_lr, "num_docs": args.num_docs, "num_test": args.num_test,
                  "decoding": args.decoding, "num_entities": args.entities}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    name = "quality" + (f"_{args.tag}" if args.tag else "")
     env = common.header(name, dataclasses.asdict(cfg))
     start = time.perf_counter()
 
@@ -242,6 +278,7 @@ def main(argv=None) -> dict[str, Any]:
                "wall_s": time.perf_counter() - start}
     if not args.no_write:
         common.write_results(name, payload, args.quick)
+        plot(payload, common.results_path(name, args.quick, "png"))
     print(json.dumps({"benchmark": name, "table": [{k: (round(v, 3) if isinstance(v, float) else v)
                                                     for k, v in r.items() if "_m" not in k}
                                                    for r in rows], "wall_s": round(payload["wall_s"])}), flush=True)
