@@ -54,13 +54,26 @@ class PromptConfig:
                f"max_length must be a positive number of tokens or None, got {self.max_length!r}")
 
 
+COSINE_TEMPERATURE = 0.05  # normalized encoders (cosine scores), as in contrastive sentence-embedding training
+INNER_PRODUCT_TEMPERATURE = 1.0  # unnormalized inner products (DPR), as in the RAG paper
+
+
+def default_temperature(question_encoder: Any) -> float:
+    """The retriever temperature RagConfig(temperature=None) resolves to for `question_encoder`."""
+    return COSINE_TEMPERATURE if getattr(question_encoder, "normalize", False) else INNER_PRODUCT_TEMPERATURE
+
+
 @dataclass
 class RagConfig:
     """How the RAG-Sequence model scores and marginalises.
 
     Attributes:
         num_docs: K, passages retrieved per question.
-        temperature: tau in p(z|x) = softmax(q.d / tau).
+        temperature: tau in p(z|x) = softmax(q.d / tau). None (the default) picks it
+            from the question encoder when the model is built: COSINE_TEMPERATURE (0.05)
+            when it L2-normalizes its embeddings (cosine scores lie in [-1, 1], so tau = 1
+            would keep p(z|x) close to uniform), INNER_PRODUCT_TEMPERATURE (1.0) otherwise
+            (unbounded inner products, as DPR's). Measured in benchmarks/RESULTS.md, section 5.
         length_normalize: Divide log p(y|f(x,z)) by the answer length before
             marginalising. Off by default: it changes the objective away from the
             marginal likelihood (DESIGN.md) and is only a heuristic for long answers.
@@ -81,7 +94,7 @@ class RagConfig:
     """
 
     num_docs: int = 5
-    temperature: float = 1.0
+    temperature: Optional[float] = None
     length_normalize: bool = False
     freeze_retriever: bool = False
     freeze_generator: bool = False
@@ -97,7 +110,9 @@ class RagConfig:
         _check(self.objective in OBJECTIVES, f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
         _check(isinstance(self.num_docs, int) and self.num_docs > 0,
                f"num_docs must be a positive integer, got {self.num_docs!r}")
-        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature!r}")
+        _check(self.temperature is None or (isinstance(self.temperature, (int, float))
+                                            and not isinstance(self.temperature, bool) and self.temperature > 0),
+               f"temperature must be a number > 0 or None (chosen from the encoder), got {self.temperature!r}")
         _check(self.scoring in ("logits_to_keep", "hidden", "full"),
                f"scoring must be 'logits_to_keep', 'hidden' or 'full', got {self.scoring!r}")
         _check(self.micro_batch_size is None or self.micro_batch_size > 0,

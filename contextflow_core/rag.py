@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .config import PromptConfig, RagConfig
+from .config import PromptConfig, RagConfig, default_temperature
 from .loss import doc_log_probs
 from .models.encoders import TextEncoder
 from .locks import model_lock
@@ -95,6 +95,8 @@ class RAGSequence(nn.Module):
         self.config = config or RagConfig()
         if num_docs is not None:
             self.config = RagConfig(**{**self.config.__dict__, "num_docs": num_docs})
+        if self.config.temperature is None:  # resolved once, so config (and a saved model) shows the value used
+            self.config = RagConfig(**{**self.config.__dict__, "temperature": self.temperature})
         self.prompts = PromptBuilder(self.generator_tokenizer, prompt)
         self._check_dims()
         if self.config.gradient_checkpointing:
@@ -113,6 +115,12 @@ class RAGSequence(nn.Module):
     def context_encoder(self) -> TextEncoder:
         """The encoder that embeds passages (the question encoder unless a separate one was given)."""
         return self._context_encoder if self._context_encoder is not None else self.question_encoder
+
+    @property
+    def temperature(self) -> float:
+        """tau of p(z|x): `config.temperature`, or the question encoder's default when that is None."""
+        t = self.config.temperature
+        return default_temperature(self.question_encoder) if t is None else t
 
     @property
     def index(self) -> DocumentIndex:
@@ -177,7 +185,7 @@ class RAGSequence(nn.Module):
         else:
             d = retrieved.embeddings.to(device=q.device, dtype=q.dtype)  # (B, K, D) stored
         scores = torch.einsum("bd,bkd->bk", q, d)  # (B, K) live scores
-        doc_lp = doc_log_probs(scores, self.config.temperature)
+        doc_lp = doc_log_probs(scores, self.temperature)
         if self.config.freeze_retriever:
             doc_lp = doc_lp.detach()
         return doc_lp, retrieved

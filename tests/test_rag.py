@@ -169,3 +169,25 @@ def test_micro_batching_changes_nothing(rag, decoding):
     chunked = rag.generate(questions=QS, max_new_tokens=4, decoding=decoding)
     assert [(a.text, round(a.score, 3)) for a in whole] == [(a.text, round(a.score, 3)) for a in chunked]
     assert torch.allclose(loss, rag(questions=QS, answers=ANS).loss, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize, expected", [(True, 0.05), (False, 1.0)])
+def test_default_temperature_follows_the_encoders_normalization(passages, normalize, expected):
+    enc = tiny_encoder(normalize=normalize)
+    index = DocumentIndex.from_texts(passages, enc, show_progress=False)
+    rag = RAGSequence(enc, index, tiny_tokenizer(), tiny_generator(), num_docs=3)
+    assert rag.config.temperature == expected and rag.temperature == expected
+    doc_lp, retrieved = rag.eval().retrieve(QS, 3)
+    q = enc.encode(QS)
+    scores = torch.einsum("bd,bkd->bk", q, retrieved.embeddings.float())
+    torch.testing.assert_close(doc_lp, torch.log_softmax(scores / expected, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_explicit_temperature_is_kept_and_bad_ones_are_named(passages):
+    enc = tiny_encoder(normalize=True)
+    index = DocumentIndex.from_texts(passages, enc, show_progress=False)
+    rag = RAGSequence(enc, index, tiny_tokenizer(), tiny_generator(), config=RagConfig(num_docs=3, temperature=0.7))
+    assert rag.temperature == 0.7
+    for bad in (0, -1.0, "0.1", True):
+        with pytest.raises(ValueError, match="temperature must be a number > 0 or None"):
+            RagConfig(temperature=bad)
