@@ -196,7 +196,8 @@ def report(result: dict[str, Any], k: int, batch: int) -> str:
         "encoder passages/s": round(b["encode_passages_per_s"], 1),
         "DocumentIndex.from_texts passages/s": round(b["from_texts_passages_per_s"], 1),
         "search QPS (k=5, one batch)": round(b["search_qps_k5"], 1)}]), ""]
-    rows = [{"data": r.get("data", "random unit vectors"), "N": f"{r['n']:,}", "factory": r["factory"], "nprobe": r["nprobe"], "efSearch": r["efSearch"],
+    rows = [{"data": r.get("data", "random unit vectors"), "N": f"{r['n']:,}", "factory": r["factory"],
+             "nprobe": r["nprobe"], "efSearch": r["efSearch"],
              "build s": round(r["build_s"], 1), f"recall@{k}": round(r[f"recall@{k}"], 4),
              f"QPS (batch {batch})": round(r[f"qps_batch{batch}"]), "QPS (1 query/call)": round(r["qps_single"]),
              f"raw faiss QPS (batch {batch})": round(r[f"faiss_qps_batch{batch}"]),
