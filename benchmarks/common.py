@@ -6,7 +6,7 @@
 - `PeakMemory`: peak of live tensor storage bytes allocated inside a block, on any
   device, via a `TorchDispatchMode` (see README.md, "Measuring peak memory").
 - `summary(values)`: median, quartiles, min, max; `paired_ratios(a, b)`.
-- `lean_core()`: contextflow_core.{config,types,loss,prompts,scoring} without running
+- `lean_core()`: contextflow_core.{config,types,loss,prompts,scoring,io_utils} without running
   the package `__init__` (which imports faiss): the GPU path uses it.
 - `byte_tokenizer()`: an in-memory byte-level tokenizer with a chat template (no files).
 
@@ -89,11 +89,9 @@ def header(name: str, config: dict[str, Any], device: str = "cpu") -> dict[str, 
 
 
 def write_results(name: str, payload: dict[str, Any], quick: bool) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}{'_quick' if quick else ''}.json"
-    tmp = path.with_name(path.name + ".tmp")  # atomic: a killed run never leaves a half-written file
-    tmp.write_text(json.dumps(_json_safe(payload), indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    path = results_path(name, quick, "json")
+    text = json.dumps(_json_safe(payload), indent=1, sort_keys=False) + "\n"
+    lean_core()["io_utils"].atomic_write_text(path, text)  # a killed run never leaves a half-written file
     print(f"# wrote {os.path.relpath(path, ROOT)}", flush=True)
     return path
 
@@ -244,7 +242,7 @@ def cuda_peak(fn: Callable[[], Any], device: str) -> tuple[int, Any]:
 
 
 # ----------------------------------------------------------------------------- imports
-_LEAN_MODULES = ("config", "types", "loss", "prompts", "scoring")
+_LEAN_MODULES = ("config", "types", "loss", "prompts", "scoring", "io_utils")
 
 
 def lean_core() -> dict[str, Any]:

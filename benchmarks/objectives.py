@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,7 +55,6 @@ def _model(index, cfg: quality.QualityConfig, kind: str):
 
 
 def run(name: str, seed: int, index, data, test, cfg: quality.QualityConfig) -> dict[str, Any]:
-    from contextflow_core.evaluation import evaluate
     from contextflow_core.training import make_dataloader, train_rag
 
     _, _, kind, decoding = CONDITIONS[name]
@@ -65,15 +63,7 @@ def run(name: str, seed: int, index, data, test, cfg: quality.QualityConfig) -> 
     loader = make_dataloader(data.train, batch_size=cfg.batch_size, shuffle=True, seed=seed)
     train_s, history = common.timed(lambda: train_rag(model, loader, None, config=_train_config(cfg, name, seed)))
     model.config = dataclasses.replace(model.config, objective="marginal")  # test loss: the same NLL for every row
-    eval_s, metrics = common.timed(lambda: evaluate(
-        model, test, batch_size=cfg.eval_batch_size, num_docs=cfg.num_docs, decoding=decoding or cfg.decoding,
-        max_new_tokens=cfg.max_new_tokens))
-    metrics.update(quality.retriever_diagnostics(model, test, data.train[:cfg.diagnostic_train_questions], cfg))
-    losses = [r["loss"] for r in history.train]
-    return {"condition": name, "seed": seed, "metrics": metrics, "train_s": train_s, "eval_s": eval_s,
-            "steps": history.global_step, "train_loss": losses,
-            "train_loss_first5": statistics.mean(losses[:5]) if losses else None,
-            "train_loss_last5": statistics.mean(losses[-5:]) if losses else None}
+    return quality.evaluate_run(name, seed, model, data, test, cfg, history, train_s, decoding or cfg.decoding)
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -92,14 +82,7 @@ def main(argv=None) -> dict[str, Any]:
     env = common.header("objectives", {**dataclasses.asdict(cfg), "conditions": names})
     start = time.perf_counter()
 
-    from contextflow_core.data import make_synthetic
-    from contextflow_core.models.defaults import default_question_encoder
-    from contextflow_core.retrieval import DocumentIndex
-
-    data = make_synthetic(num_entities=cfg.num_entities, seed=cfg.data_seed,
-                          distractors_per_entity=cfg.distractors_per_entity)
-    test = data.test if cfg.num_test is None else data.test[:cfg.num_test]
-    index = DocumentIndex.from_passages(data.passages, default_question_encoder(), show_progress=False)
+    data, test, index = quality.load_data(cfg)
     runs = []
     for name in names:
         for seed in cfg.train_seeds:

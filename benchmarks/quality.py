@@ -92,7 +92,6 @@ def fresh_model(index, cfg: QualityConfig):
 
 
 def run_condition(condition: str, seed: int, index, data, test, cfg: QualityConfig) -> dict[str, Any]:
-    from contextflow_core.evaluation import evaluate
     from contextflow_core.training import make_dataloader, train_rag
 
     torch.manual_seed(seed)
@@ -102,8 +101,16 @@ def run_condition(condition: str, seed: int, index, data, test, cfg: QualityConf
         loader = make_dataloader(data.train, batch_size=cfg.batch_size, shuffle=True, seed=seed)
         train_s, history = common.timed(lambda: train_rag(model, loader, None,
                                                           config=train_config(cfg, condition, seed)))
+    return evaluate_run(condition, seed, model, data, test, cfg, history, train_s, cfg.decoding)
+
+
+def evaluate_run(condition: str, seed: int, model, data, test, cfg: QualityConfig, history, train_s: float,
+                 decoding: str) -> dict[str, Any]:
+    """Test metrics, retriever diagnostics and the training-loss summary of one trained (or untrained) model."""
+    from contextflow_core.evaluation import evaluate
+
     eval_s, metrics = common.timed(lambda: evaluate(
-        model, test, batch_size=cfg.eval_batch_size, num_docs=cfg.num_docs, decoding=cfg.decoding,
+        model, test, batch_size=cfg.eval_batch_size, num_docs=cfg.num_docs, decoding=decoding,
         max_new_tokens=cfg.max_new_tokens))
     losses = [r["loss"] for r in history.train] if history is not None else []
     metrics.update(retriever_diagnostics(model, test, data.train[:cfg.diagnostic_train_questions], cfg))
@@ -111,6 +118,19 @@ def run_condition(condition: str, seed: int, index, data, test, cfg: QualityConf
             "steps": history.global_step if history else 0, "train_loss": losses,
             "train_loss_first5": statistics.mean(losses[:5]) if losses else None,
             "train_loss_last5": statistics.mean(losses[-5:]) if losses else None}
+
+
+def load_data(cfg: QualityConfig):
+    """(synthetic dataset, test questions, DocumentIndex of the corpus with the embedded encoder)."""
+    from contextflow_core.data import make_synthetic
+    from contextflow_core.models.defaults import default_question_encoder
+    from contextflow_core.retrieval import DocumentIndex
+
+    data = make_synthetic(num_entities=cfg.num_entities, seed=cfg.data_seed,
+                          distractors_per_entity=cfg.distractors_per_entity)
+    test = data.test if cfg.num_test is None else data.test[:cfg.num_test]
+    index = DocumentIndex.from_passages(data.passages, default_question_encoder(), show_progress=False)
+    return data, test, index
 
 
 @torch.no_grad()
@@ -251,14 +271,7 @@ def main(argv=None) -> dict[str, Any]:
     env = common.header(name, dataclasses.asdict(cfg))
     start = time.perf_counter()
 
-    from contextflow_core.data import make_synthetic
-    from contextflow_core.models.defaults import default_question_encoder
-    from contextflow_core.retrieval import DocumentIndex
-
-    data = make_synthetic(num_entities=cfg.num_entities, seed=cfg.data_seed,
-                          distractors_per_entity=cfg.distractors_per_entity)
-    test = data.test if cfg.num_test is None else data.test[:cfg.num_test]
-    index = DocumentIndex.from_passages(data.passages, default_question_encoder(), show_progress=False)
+    data, test, index = load_data(cfg)
     common.log(f"# corpus {len(data.passages)} passages, {len(data.train)} train / {len(test)} test questions; "
                f"index built in {time.perf_counter() - start:.1f}s")
     runs = []

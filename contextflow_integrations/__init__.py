@@ -11,6 +11,7 @@ framework only when used; `contextflow_core` never imports either framework.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, Callable
 
 
@@ -33,6 +34,8 @@ def lazy_exports(package: str, exports: dict[str, str], framework: str, hint: st
             if e.name and e.name.split(".")[0] == framework:
                 raise ImportError(f"{name} needs {framework}: {hint} (missing module {e.name!r})") from e
             raise
-        return getattr(module, name)
+        value = getattr(module, name)
+        setattr(sys.modules[package], name, value)  # cached: later lookups skip __getattr__
+        return value
 
     return __getattr__

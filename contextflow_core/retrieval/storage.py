@@ -32,7 +32,6 @@ def _faiss_reason(e: Exception) -> str:
     return str(e).strip().splitlines()[-1].rsplit(": ", 1)[-1]
 
 
-
 def _write_file(path: Path, data: bytes) -> dict[str, Any]:
     """Write `data` to `path` (inside an atomic_dir) and return its manifest entry."""
     path.write_bytes(data)

@@ -18,7 +18,6 @@ Example:
 """
 from __future__ import annotations
 
-
 from contextflow_integrations import lazy_exports
 
 _EXPORTS = {
