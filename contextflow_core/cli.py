@@ -19,12 +19,14 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import re
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from contextflow_core.artifacts import INDEX, RAG, check_replaceable
 from contextflow_core.config import TrainConfig, from_dict
 
 EMBEDDED = "embedded"
@@ -190,6 +192,7 @@ def _cmd_index_build(args) -> None:
     from contextflow_core.data import load_passages
     from contextflow_core.retrieval import DocumentIndex
 
+    check_replaceable(args.out, INDEX)  # refuse before the (slow) encoding, not after
     passages = load_passages(args.passages)
     index = DocumentIndex.from_passages(passages, _encoder(args.encoder), index_factory=args.factory,
                                         batch_size=args.batch_size)
@@ -205,14 +208,24 @@ def _cmd_train(args) -> None:
     config = dataclass_from_args(TrainConfig, args)
     if config.output_dir is None:
         raise ValueError("--output-dir: expected a folder for checkpoints and the trained model, got none")
+    out = Path(args.save_model or Path(config.output_dir) / "model")
+    _check_save_model(out, Path(config.output_dir))
     model = _model(args)
     train = make_dataloader(load_qa(args.train), batch_size=args.batch_size, shuffle=True, seed=config.seed)
     val = make_dataloader(load_qa(args.val), batch_size=args.eval_batch_size, shuffle=False) if args.val else None
     history = train_rag(model, train, val, config=config)
-    out = Path(args.save_model or Path(config.output_dir) / "model")
     if _is_main_process():
         model.save_pretrained(out)
         print(f"{history.stop_reason} after {history.global_step} steps; model saved to {out}")
+
+
+def _check_save_model(out: Path, output_dir: Path) -> None:
+    """Refuse, before training, a --save-model folder the save would have to refuse after it."""
+    out_real, run_real = Path(os.path.realpath(out)), Path(os.path.realpath(output_dir))
+    if out_real == run_real or out_real in run_real.parents:
+        raise ValueError(f"--save-model: {out} would hold the run's checkpoints and metrics (--output-dir "
+                         f"{output_dir}); pick a folder of its own, e.g. the default {output_dir / 'model'}")
+    check_replaceable(out, RAG)
 
 
 def _cmd_eval(args) -> None:
@@ -296,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     index = subs.add_parser("index", help="build a passage index").add_subparsers(dest="action", metavar="ACTION")
     build = _subparser(index, "build", _cmd_index_build, "embed passages and save a FAISS index")
     build.add_argument("--passages", required=True, help="passages JSONL (id, text[, title, metadata])")
-    build.add_argument("--out", required=True, help="folder to write the index to")
+    build.add_argument("--out", required=True, help="folder to write the index to: new, empty, or a saved index "
+                       "(replaced); any other folder is refused")
     build.add_argument("--factory", default="Flat", help="FAISS factory string (Flat, HNSW32, IVF256,Flat, ...)")
     build.add_argument("--encoder", default=EMBEDDED, help="'embedded' or a path/hub id")
     build.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
@@ -307,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val", help="validation QA file")
     data.add_argument("--batch-size", type=int, default=8, help="questions per training batch (default: 8)")
     data.add_argument("--eval-batch-size", type=int, default=8, help="questions per evaluation batch (default: 8)")
-    data.add_argument("--save-model", help="where to save the trained model (default: OUTPUT_DIR/model)")
+    data.add_argument("--save-model", help="where to save the trained model (default: OUTPUT_DIR/model): new, empty, "
+                      "or a saved model (replaced); any other folder is refused before training starts")
     add_dataclass_arguments(train, TrainConfig, title="training (TrainConfig)")
     evaluate = _subparser(subs, "eval", _cmd_eval, "evaluate a model on QA data")
     _add_model_source(evaluate)
@@ -353,7 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         args.handler(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"contextflow {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -51,6 +51,7 @@ def _show_answers(model, examples, num_docs: int) -> None:
 
 def main(quick: bool = False, output_dir: str = "runs/demo", seed: int = 0) -> dict:
     """Run the demo; returns the before/after metrics."""
+    from .artifacts import RAG, check_replaceable
     from .data import make_synthetic
     from .evaluation import evaluate
     from .rag import RAGSequence
@@ -59,6 +60,7 @@ def main(quick: bool = False, output_dir: str = "runs/demo", seed: int = 0) -> d
 
     entities, n_eval, steps = SIZES["quick" if quick else "full"]
     out = Path(output_dir)
+    check_replaceable(out / "model", RAG)  # refuse before the run, not after it
     torch.manual_seed(seed)
     print(_header())
     data = make_synthetic(num_entities=entities, seed=seed)

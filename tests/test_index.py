@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import tiny
-from contextflow_core import io_utils
+from contextflow_core import artifacts, io_utils
 from contextflow_core.retrieval import DocumentIndex, Retriever, as_retriever
 from contextflow_core.retrieval import index as index_mod
 from contextflow_core.types import Passage
@@ -351,20 +351,22 @@ def test_atomic_write_and_sha(tmp_path):
 
 
 def test_atomic_dir_restores_old_dir_when_final_rename_fails(tmp_path, monkeypatch):
-    final = tmp_path / "out"
-    with io_utils.atomic_dir(final) as tmp:
+    final, manifest = tmp_path / "out", json.dumps({"kind": artifacts.CHECKPOINT, "files": {"a.txt": {}}})
+    with io_utils.atomic_dir(final, kind=artifacts.CHECKPOINT) as tmp:
         (tmp / "a.txt").write_text("old")
+        (tmp / "manifest.json").write_text(manifest)
     real_replace = os.replace
 
     def failing_replace(src, dst):
-        if ".tmp-" in os.fspath(src):
+        if "tmp-" in os.path.basename(os.fspath(src)):
             raise OSError("rename failed")
         return real_replace(src, dst)
 
     monkeypatch.setattr(io_utils.os, "replace", failing_replace)
     with pytest.raises(OSError, match="rename failed"):
-        with io_utils.atomic_dir(final) as tmp:
+        with io_utils.atomic_dir(final, kind=artifacts.CHECKPOINT) as tmp:
             (tmp / "a.txt").write_text("new")
+            (tmp / "manifest.json").write_text(manifest)
     assert (final / "a.txt").read_text() == "old" and os.listdir(tmp_path) == ["out"]
     with pytest.raises(FileExistsError):
         (tmp_path / "file").write_text("x")

@@ -22,6 +22,7 @@ import numpy as np
 import safetensors.numpy
 import torch
 
+from contextflow_core.artifacts import INDEX
 from contextflow_core.io_utils import atomic_dir
 from contextflow_core.retrieval.checks import (
     _as_matrix, _check_k, _check_passages, _check_texts, _encode, _encoder_name, _make_passages,
@@ -122,12 +123,13 @@ class DocumentIndex:
     # -- construction ---------------------------------------------------------------
     @classmethod
     def from_embeddings(cls, passages: Sequence[Passage], embeddings: ArrayLike, *, index_factory: str = "Flat",
-                        encoder_name: Optional[str] = None, nprobe: Optional[int] = None) -> "DocumentIndex":
+                        encoder_name: Optional[str] = None, nprobe: Optional[int] = None,
+                        ef_search: Optional[int] = None) -> "DocumentIndex":
         """Index precomputed (N, D) `embeddings` of `passages` (row i belongs to passage i)."""
         passages = _check_passages(passages)
         embeddings = _as_matrix("embeddings", embeddings, rows=len(passages))
         return cls(passages, embeddings, _new_faiss(index_factory, embeddings),
-                   index_factory=index_factory, encoder_name=encoder_name, nprobe=nprobe)
+                   index_factory=index_factory, encoder_name=encoder_name, nprobe=nprobe, ef_search=ef_search)
 
     @classmethod
     def from_passages(cls, passages: Sequence[Passage], encoder: Any, *, index_factory: str = "Flat",
@@ -203,6 +205,11 @@ class DocumentIndex:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"nprobe: expected a positive integer, got {value!r}")
         self._nprobe = value
+
+    @property
+    def ef_search(self) -> Optional[int]:
+        """HNSW search breadth (None for non-HNSW indexes)."""
+        return self._ef_search
 
     def get(self, passage_id: str) -> Passage:
         """The passage with id `passage_id`; KeyError if absent."""
@@ -325,16 +332,24 @@ class DocumentIndex:
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory: Union[str, Path]) -> Path:
-        """Write the index to `directory` atomically (an existing one is replaced only on success)."""
+        """Write the index to `directory` atomically.
+
+        `directory` must be new, empty, or hold a saved DocumentIndex (nothing
+        else), which is then replaced only once the new one is complete; a
+        symlink is written through. See `contextflow_core.artifacts`.
+
+        Raises:
+            FileExistsError: `directory` is a file or holds anything else; nothing is changed.
+        """
         blobs = {
             FAISS_FILE: faiss.serialize_index(self._faiss).tobytes(),
             PASSAGES_FILE: _passages_jsonl(self._passages),
             EMBEDDINGS_FILE: safetensors.numpy.save({"embeddings": self._embeddings}),
         }
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, kind=INDEX) as tmp:
             files = {name: _write_file(tmp / name, data) for name, data in blobs.items()}
             manifest = {
-                "format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self),
+                "kind": INDEX, "format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self),
                 "encoder_name": self.encoder_name, "index_factory": self.index_factory, "metric": METRIC,
                 "nprobe": self._nprobe, "ef_search": self._ef_search, "files": files,
             }
@@ -348,7 +363,8 @@ class DocumentIndex:
 
         Raises:
             FileNotFoundError: The directory or one of its files is missing.
-            ValueError: Corrupted/truncated file, unknown format version, inconsistent
+            ValueError: Corrupted/truncated file, a file the manifest does not list,
+                another artifact kind, unknown format version, inconsistent
                 counts or dimensions, or a mismatch with `expected_encoder_name`/`expected_dim`.
         """
         directory = Path(directory)

@@ -5,9 +5,12 @@ index is a directory written atomically, no pickle anywhere:
     index.faiss              faiss.serialize_index bytes
     passages.jsonl           one {"id", "text", "title", "metadata"} per line
     embeddings.safetensors   {"embeddings": float32 (N, D)}
-    manifest.json            format_version, dim, count, encoder_name,
+    manifest.json            kind, format_version, dim, count, encoder_name,
                              index_factory, metric, search params, and the
                              sha256 and size of every other file
+
+Loading reads only files the manifest lists and refuses a folder holding any
+file it does not list (or a manifest entry pointing outside the folder).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import faiss
 import numpy as np
 import safetensors.numpy
 
+from contextflow_core.artifacts import INDEX, check_manifest_paths, label, manifest_kind, unlisted_files
 from contextflow_core.io_utils import sha256_bytes
 from contextflow_core.types import Passage
 
@@ -59,6 +63,10 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: manifest is not valid JSON (truncated or corrupted?): {e}") from e
+    found = (manifest.get("kind") or manifest_kind(manifest)) if isinstance(manifest, dict) else None
+    if found not in (INDEX, None):
+        raise ValueError(f"{path}: {directory} holds a {label(found)}, not a saved DocumentIndex "
+                         "(RAGSequence.from_pretrained loads a saved RAG model)")
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -68,7 +76,19 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: manifest lacks {missing}")
     if manifest["metric"] != METRIC:
         raise ValueError(f"{path}: metric {manifest['metric']!r} is not supported (expected {METRIC!r})")
+    _check_listing(directory, manifest)
     return manifest
+
+
+def _check_listing(directory: Path, manifest: dict) -> None:
+    """Every file in the folder is listed, every listed name stays inside it."""
+    if not isinstance(manifest["files"], dict):
+        raise ValueError(f"{directory / MANIFEST_FILE}: 'files' must map file names to their size and sha256")
+    check_manifest_paths(directory, manifest["files"])
+    extra = unlisted_files(directory, manifest["files"])
+    if extra:
+        raise ValueError(f"{directory}: holds {extra}, not listed in its {MANIFEST_FILE}; a saved index is loaded "
+                         "only from the files it lists. Remove them or save the index again")
 
 
 def _check_expected(directory: Path, manifest: dict, encoder_name: Optional[str], dim: Optional[int]) -> None:
