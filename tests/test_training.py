@@ -93,8 +93,9 @@ def test_early_stopping_after_patience_evaluations(tmp_path):
     history = train_rag(build_rag(), train, val, config=config)
     assert history.stop_reason == "early_stopping" and history.global_step == 3
     assert [r["step"] for r in history.eval] == [1, 2, 3] and history.best_step == 1
-    # resuming an early-stopped run does not train further
+    # resuming an early-stopped run does not train further (same set-up: a changed learning rate is refused)
     assert train_rag(build_rag(), train, val, config=tiny_config(tmp_path, eval_steps=1, resume="auto",
+                                                                 learning_rate=1e-9,
                                                                  early_stopping_patience=2)).global_step == 3
 
 

@@ -12,6 +12,19 @@ import torch
 from contextflow_core.types import Passage
 
 
+class NonFiniteEmbeddings(ValueError):
+    """An encoder returned NaN or inf embeddings (`train_rag` skips the step, as for a non-finite loss)."""
+
+
+def check_finite_embeddings(what: str, embeddings: torch.Tensor) -> None:
+    """Raise NonFiniteEmbeddings naming `what` when `embeddings` hold NaN or inf."""
+    if not bool(torch.isfinite(embeddings.detach()).all()):
+        raise NonFiniteEmbeddings(
+            f"{what}: expected finite embeddings, got NaN or inf from the encoder (diverged weights or "
+            "overflow under mixed precision); lower the learning rate, set max_grad_norm, or use "
+            "mixed_precision='bf16' or 'no'")
+
+
 def _as_matrix(arg: str, x: Any, *, rows: Optional[int] = None, dim: Optional[int] = None,
                copy: bool = True) -> np.ndarray:
     """`x` as a C-contiguous float32 (N, D) array (a fresh copy if `copy`), or ValueError naming `arg`."""

@@ -12,8 +12,14 @@ A checkpoint ``output_dir/checkpoint-00000042/`` holds:
 - ``rng.safetensors`` + ``rng.json``: python, numpy, torch (and CUDA) RNG states, per process.
 - ``trainer_state.json``: position in the data (epoch, batches consumed, global step,
   sampler seed/epoch), early-stopping state and the history so far.
-- ``manifest.json`` (written last): sha256 of every file and the model fingerprint
-  (names and shapes of the trainable parameters).
+- ``index.safetensors`` + ``index.json`` (only after an index refresh): the refreshed
+  passage embeddings and their ids, so a resumed run searches the index the interrupted one did.
+- ``manifest.json`` (written last): sha256 of every file, the model fingerprint (names and
+  shapes of the trainable parameters), the run id, the write time (``saved_at``) and the
+  run's identity (model digest, RagConfig, TrainConfig; see `training.resume`).
+
+Runs: every `train_rag` run has an id recorded in its checkpoints. Rotation only deletes
+checkpoints of the same run, and `latest_checkpoint` is the most recently written one.
 
 The folder is built in a temporary sibling and renamed into place
 (`io_utils.atomic_dir`), so a crash leaves the previous checkpoint untouched.
@@ -29,6 +35,7 @@ import json
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -48,8 +55,9 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 PathLike = Union[str, Path]
 
 __all__ = [
-    "capture_rng_state", "checkpoint_name", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
-    "model_fingerprint", "remove_stale_temp_dirs", "restore_rng_state", "rotate_checkpoints", "save_checkpoint",
+    "capture_rng_state", "checkpoint_info", "checkpoint_name", "latest_checkpoint", "list_checkpoints",
+    "load_checkpoint", "model_fingerprint", "read_records", "remove_stale_temp_dirs", "restore_rng_state",
+    "rotate_checkpoints", "save_checkpoint",
 ]
 
 
@@ -73,18 +81,45 @@ def list_checkpoints(output_dir: PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_info(path: PathLike) -> dict[str, Any]:
+    """What a checkpoint's manifest says about its run: step, run_id, saved_at (cheap, unverified).
+
+    Checkpoints written before run ids existed report ``run_id=None`` and ``saved_at=0.0``.
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        manifest = {}
+    step = manifest.get("global_step")
+    match = _NAME.match(path.name)
+    return {"path": path, "step": step if isinstance(step, int) else int(match.group(1)) if match else -1,
+            "run_id": manifest.get("run_id"), "saved_at": float(manifest.get("saved_at") or 0.0)}
+
+
 def latest_checkpoint(output_dir: PathLike) -> Optional[Path]:
-    """The newest complete checkpoint in `output_dir`, or None."""
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
+    """The most recently written complete checkpoint in `output_dir` (None when there is none).
+
+    With several runs' checkpoints in the folder this is the newest run's latest: checkpoints are
+    ordered by the time recorded in their manifest (``saved_at``), then by step; checkpoints
+    written before that field existed count as oldest.
+    """
+    infos = [checkpoint_info(p) for p in list_checkpoints(output_dir)]
+    return max(infos, key=lambda i: (i["saved_at"], i["step"]))["path"] if infos else None
 
 
-def rotate_checkpoints(output_dir: PathLike, keep: Optional[int]) -> list[Path]:
-    """Delete the oldest complete checkpoints so that at most `keep` remain; returns the deleted."""
-    found = list_checkpoints(output_dir)
-    if keep is None or len(found) <= keep:
+def rotate_checkpoints(output_dir: PathLike, keep: Optional[int], run_id: Optional[str] = None) -> list[Path]:
+    """Delete the oldest checkpoints of run `run_id` so that at most `keep` of it remain; returns the deleted.
+
+    Only checkpoints whose manifest records `run_id` are considered (None: those that record
+    none), ordered by write time then step, so the one just written is always kept and other
+    runs' checkpoints are never touched.
+    """
+    if keep is None:
         return []
-    doomed = found[: len(found) - keep]
+    mine = [i for i in map(checkpoint_info, list_checkpoints(output_dir)) if i["run_id"] == run_id]
+    mine.sort(key=lambda i: (i["saved_at"], i["step"]))
+    doomed = [i["path"] for i in mine[: max(len(mine) - keep, 0)]]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
@@ -107,7 +142,8 @@ def model_fingerprint(model: nn.Module) -> list[list]:
     return [[name, list(p.shape)] for name, p in trainable_parameters(model).items()]
 
 
-def _check_fingerprint(directory: Path, saved: list, model: nn.Module) -> None:
+def check_fingerprint(directory: Path, saved: list, model: nn.Module) -> None:
+    """Raise ValueError when `model`'s trainable parameters (names, shapes) differ from `saved`."""
     current = model_fingerprint(model)
     if saved == current:
         return
@@ -195,6 +231,24 @@ def _write_file(path: Path, data: bytes) -> dict[str, Any]:
     return {"sha256": sha256_bytes(data), "bytes": len(data)}
 
 
+def _index_files(index: Any) -> dict[str, bytes]:
+    embeddings = index.embeddings.float().contiguous()  # (N, D)
+    return {"index.safetensors": safetensors.torch.save({"embeddings": embeddings}),
+            "index.json": _json_bytes({"ids": index.ids}, "the index ids")}
+
+
+def _restore_index(directory: Path, parsed: dict[str, Any], retriever: Any) -> None:
+    """Swap the checkpoint's refreshed index into `retriever` (same passages, same search settings)."""
+    from contextflow_core.retrieval.refresh import rebuild_index
+
+    ids, current = parsed["index_ids"], retriever.index
+    if ids != current.ids:
+        raise ValueError(f"resume: checkpoint {directory} holds a refreshed index of {len(ids)} passages, "
+                         f"but the model's index has {len(current)} passages with other ids or order; "
+                         "resume with the index the run was started with, or a fresh output_dir")
+    retriever.set_index(rebuild_index(current, parsed["index_embeddings"]))
+
+
 def _rng_files(rng_states: list[dict]) -> dict[str, bytes]:
     tensors = {f"rank{r}.{k}": t.contiguous() for r, s in enumerate(rng_states) for k, t in s["tensors"].items()}
     meta = [s["meta"] for s in rng_states]
@@ -210,6 +264,9 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     rng_states: list[dict[str, Any]],
     scaler: Any = None,
+    run_id: Optional[str] = None,
+    identity: Optional[dict[str, Any]] = None,
+    index: Any = None,
 ) -> Path:
     """Write a checkpoint folder atomically (see the module docstring for its files).
 
@@ -221,6 +278,10 @@ def save_checkpoint(
         trainer_state: JSON-ready loop state (position in the data, history, ...).
         rng_states: `capture_rng_state()` of every process, by rank.
         scaler: The fp16 gradient scaler, or None.
+        run_id: Id of the run writing it (rotation and `resume="auto"` go by it).
+        identity: What the run's model and settings were (`training.resume.model_identity`).
+        index: A refreshed DocumentIndex whose embeddings the checkpoint keeps (restored on
+            resume into an index over the same passages), or None.
     """
     params = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
@@ -233,10 +294,12 @@ def save_checkpoint(
         "scheduler.json": _json_bytes(sched, "the scheduler state"),
         **_rng_files(rng_states),
         "trainer_state.json": _json_bytes(trainer_state, "trainer_state"),
+        **(_index_files(index) if index is not None else {}),
     }
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, kind=KIND) as tmp:
         files = {name: _write_file(tmp / name, data) for name, data in blobs.items()}
         manifest = {"format_version": FORMAT_VERSION, "kind": KIND, "global_step": trainer_state.get("global_step"),
+                    "run_id": run_id, "saved_at": time.time(), "identity": identity,
                     "fingerprint": model_fingerprint(model), "files": files}
         _write_file(tmp / MANIFEST, _json_bytes(manifest, "the manifest"))
     return Path(directory)
@@ -270,6 +333,19 @@ def _read_verified(directory: Path, manifest: dict[str, Any]) -> dict[str, bytes
     return blobs
 
 
+def read_records(directory: PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's manifest and its (checksum-verified) trainer_state, without reading the tensors.
+
+    Raises:
+        FileNotFoundError, ValueError: See `read_checkpoint`.
+    """
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    entry = {"trainer_state.json": manifest["files"]["trainer_state.json"]}
+    state = _read_verified(directory, {"files": entry})["trainer_state.json"]
+    return manifest, json.loads(state)
+
+
 def read_checkpoint(directory: PathLike, model: nn.Module) -> dict[str, Any]:
     """Verify a checkpoint against its manifest and `model`, and parse its files (no side effects).
 
@@ -279,7 +355,7 @@ def read_checkpoint(directory: PathLike, model: nn.Module) -> dict[str, Any]:
     """
     directory = Path(directory)
     manifest = _read_manifest(directory)
-    _check_fingerprint(directory, manifest["fingerprint"], model)
+    check_fingerprint(directory, manifest["fingerprint"], model)
     blobs = _read_verified(directory, manifest)
     sched = json.loads(blobs["scheduler.json"])
     return {
@@ -290,6 +366,10 @@ def read_checkpoint(directory: PathLike, model: nn.Module) -> dict[str, Any]:
         "rng_tensors": safetensors.torch.load(blobs["rng.safetensors"]),
         "rng_meta": json.loads(blobs["rng.json"]),
         "trainer_state": json.loads(blobs["trainer_state.json"]),
+        "index_embeddings": (safetensors.torch.load(blobs["index.safetensors"])["embeddings"]
+                             if "index.safetensors" in blobs else None),
+        "index_ids": json.loads(blobs["index.json"])["ids"] if "index.json" in blobs else None,
+        "manifest": manifest,
     }
 
 
@@ -311,6 +391,7 @@ def load_checkpoint(
     scaler: Any = None,
     rank: int = 0,
     restore_rng: bool = True,
+    retriever: Any = None,
 ) -> dict[str, Any]:
     """Restore a checkpoint into `model` (and optimiser, scheduler, scaler, RNG); returns trainer_state.
 
@@ -322,11 +403,14 @@ def load_checkpoint(
         optimizer, scheduler, scaler: Restored when given.
         rank: This process's rank: selects its RNG state (rank 0's when absent).
         restore_rng: Also restore the RNG states.
+        retriever: The model's Retriever: receives the checkpoint's refreshed index, if it holds one.
 
     Raises:
         FileNotFoundError, ValueError: See `read_checkpoint`.
     """
     parsed = read_checkpoint(directory, model)
+    if retriever is not None and parsed["index_embeddings"] is not None:
+        _restore_index(Path(directory), parsed, retriever)
     for name, p in trainable_parameters(model).items():
         p.copy_(parsed["params"][name].to(device=p.device, dtype=p.dtype))
     if optimizer is not None:

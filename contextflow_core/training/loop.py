@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -29,13 +30,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from contextflow_core.config import TrainConfig
+from contextflow_core.retrieval.checks import NonFiniteEmbeddings
+from contextflow_core.retrieval.refresh import IndexRefreshError
 from contextflow_core.training.data import normalize_batch
-from contextflow_core.training.optim import apply_train_mode, build_optimizer, build_scheduler
+from contextflow_core.training.optim import (
+    apply_train_mode, build_optimizer, build_scheduler, capture_flags, restore_flags, set_train_modes,
+)
 from contextflow_core.training.report import TrainHistory, format_table, plot_history
+from contextflow_core.training.resume import ResumePlan, plan_resume
 from contextflow_core.training.run import TrainingRun, log_train, run_evaluation, save_now, summary
 from contextflow_core.training.setup import (
-    as_dataloader, check_answer_lengths, check_inputs, fits, make_accelerator, maybe_resume, open_records,
-    resolve_config,
+    as_dataloader, begin_run, check_answer_lengths, check_inputs, fits, make_accelerator, open_records,
+    resolve_config, warn_stale_index,
 )
 
 __all__ = ["train_rag"]
@@ -68,7 +74,10 @@ def train_rag(
         ValueError: Empty train data, an answer too long for the generator's budget,
             settings that need a validation set without one, or a checkpoint of another model.
         RuntimeError: `config.max_nonfinite_steps` optimiser steps in a row had a
-            non-finite loss (the last good checkpoint is kept).
+            non-finite loss, gradient or question/passage embeddings (each such step is
+            skipped and counted in `history.skipped_steps`; the last good checkpoint is kept).
+        IndexRefreshError: A background or inline index refresh failed (a RuntimeError
+            raised at the next step boundary, from the refresh's own exception).
     """
     config = resolve_config(config, num_epochs, learning_rate)
     run = _setup(model, train_dataloader, val_dataloader, config)
@@ -89,19 +98,24 @@ def _setup(model, train_data, val_data, config: TrainConfig) -> TrainingRun:
 
     check_inputs(model, val_data, config)
     loader = as_dataloader(train_data, "train_dataloader")
+    plan = plan_resume(model, config)  # which checkpoint, which settings win (refusals come after the train mode)
+    config = plan.config
     set_seed(config.seed)
     check_answer_lengths(model, loader)
-    restore = {"config": model.config, "training": model.training}
+    restore = capture_flags(model)  # config, module modes, requires_grad: all put back after the run
+    if plan.rag_config is not None:  # resume_mismatch="checkpoint": the recorded RagConfig trains
+        model.config = plan.rag_config
+    warn_stale_index(model, config)
     apply_train_mode(model, config)
     try:
-        return _prepare(model, loader, val_data, config, restore)
+        return _prepare(model, loader, val_data, config, restore, plan)
     except BaseException:
-        model.config = restore["config"]
-        model.train(restore["training"])
+        restore_flags(model, restore)
         raise
 
 
-def _prepare(model, loader: DataLoader, val_data, config: TrainConfig, restore: dict) -> TrainingRun:
+def _prepare(model, loader: DataLoader, val_data, config: TrainConfig, restore: dict,
+             plan: ResumePlan) -> TrainingRun:
     accelerator = make_accelerator(config)
     sampler = getattr(loader, "sampler", None)
     loader = accelerator.prepare(loader)
@@ -118,9 +132,9 @@ def _prepare(model, loader: DataLoader, val_data, config: TrainConfig, restore: 
 
         run.refresher = IndexRefresher(model.retriever, model.context_encoder,
                                        background=config.refresh_in_background)
-    maybe_resume(run)
+    begin_run(run, plan)
     open_records(run)
-    model.train()
+    set_train_modes(model)  # trained sides train(), frozen sides eval()
     run.reset_since_log()
     return run
 
@@ -135,6 +149,8 @@ def _train(run: TrainingRun) -> None:
         _run_epoch(run, epoch)
     if not run.history.stop_reason:
         run.history.stop_reason = "max_steps" if run.steps_exhausted() else "completed"
+    if run.refresher is not None:  # swap in a rebuild still running, or raise its failure
+        _refresh_index(run, start=False, wait=True)
 
 
 def _epoch_loader(run: TrainingRun, epoch: int):
@@ -176,15 +192,22 @@ def _forward(run: TrainingRun, batch: dict, epoch: int):
                          f"example(s) {bad} of the batch: {e}") from e
 
 
-def _all_finite(run: TrainingRun, loss: torch.Tensor) -> bool:
-    flag = torch.isfinite(loss.detach()).float().reshape(1)
+def _all_finite(run: TrainingRun, loss: Optional[torch.Tensor]) -> bool:
+    """Whether every process's loss is finite (None: this process's embeddings were not)."""
+    if loss is None:
+        flag = torch.zeros(1, device=run.accelerator.device)
+    else:
+        flag = torch.isfinite(loss.detach()).float().reshape(1)
     if run.accelerator.num_processes > 1:  # every process must skip together, or DDP hangs
         flag = run.accelerator.reduce(flag, reduction="sum") / run.accelerator.num_processes
     return bool(flag.item() == 1.0)
 
 
 def _micro_step(run: TrainingRun, batch: dict, epoch: int) -> None:
-    loss = _forward(run, batch, epoch).loss
+    try:
+        loss = _forward(run, batch, epoch).loss
+    except NonFiniteEmbeddings:  # NaN/inf question or passage embeddings: skipped like a non-finite loss
+        loss, run.window["embeddings"] = None, 1
     if _all_finite(run, loss):
         run.accelerator.backward(loss)
         run.window["loss"] += float(loss.detach())
@@ -204,9 +227,10 @@ def _optimizer_step(run: TrainingRun, epoch: int) -> bool:
         run.grad_norm = float(acc.clip_grad_norm_(params, cfg.max_grad_norm))
         bad = not math.isfinite(run.grad_norm) and acc.scaler is None  # fp16: the scaler skips by itself
     if bad:
+        embeddings = bool(run.window["embeddings"])
         run.optimizer.zero_grad(set_to_none=True)
         run.reset_window()
-        _count_nonfinite(run, epoch)
+        _count_nonfinite(run, epoch, embeddings)
         return False
     run.optimizer.step()
     run.scheduler.step()
@@ -221,15 +245,17 @@ def _optimizer_step(run: TrainingRun, epoch: int) -> bool:
     return True
 
 
-def _count_nonfinite(run: TrainingRun, epoch: int) -> None:
+def _count_nonfinite(run: TrainingRun, epoch: int, embeddings: bool = False) -> None:
     run.nonfinite_in_a_row += 1
     run.history.skipped_steps += 1
     limit = run.config.max_nonfinite_steps
-    warnings.warn(f"train_rag: non-finite loss or gradient at step {run.history.global_step + 1} (epoch {epoch}); "
+    what = "question or passage embeddings" if embeddings else "loss or gradient"
+    warnings.warn(f"train_rag: non-finite {what} at step {run.history.global_step + 1} (epoch {epoch}); "
                   f"optimizer step skipped ({run.nonfinite_in_a_row} in a row, limit {limit})", stacklevel=3)
     if run.nonfinite_in_a_row >= limit:
         raise RuntimeError(
             f"train_rag: {run.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
+            "(or embeddings) "
             f"(max_nonfinite_steps={limit}); stopped. Last good checkpoint: {run.history.last_checkpoint}. "
             "Lower learning_rate, set max_grad_norm, use mixed_precision='bf16' or 'no', or check the data")
 
@@ -258,7 +284,11 @@ def _at_boundary(run: TrainingRun, stepped: bool, epoch_end: bool) -> None:
 
 
 def _refresh_index(run: TrainingRun, start: bool, wait: bool = False) -> None:
-    """Start a rebuild when due, then swap in whichever rebuild is finished (recording its cost)."""
+    """Start a rebuild when due, then swap in whichever rebuild is finished (recording its cost).
+
+    Raises:
+        IndexRefreshError: A rebuild failed (background or inline): the run stops with its error.
+    """
     if start:
         run.refresher.start(run.history.global_step)
     record = run.refresher.swap_if_ready(run.history.global_step, wait=wait)
@@ -273,9 +303,9 @@ def _cleanup(run: TrainingRun, completed: bool) -> None:
     if run.bar is not None:
         run.bar.close()
     if run.refresher is not None:
-        _refresh_index(run, start=False, wait=True)
-    run.raw.config = run.restore["config"]
-    run.raw.train(run.restore["training"])
+        with contextlib.suppress(IndexRefreshError):  # training already failed: its own error propagates
+            _refresh_index(run, start=False, wait=True)
+    restore_flags(run.raw, run.restore)
     run.accelerator.free_memory()
     if not (completed and run.main):
         return

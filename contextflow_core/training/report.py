@@ -35,6 +35,9 @@ class TrainHistory:
         last_checkpoint: Path of the newest checkpoint written or resumed from.
         resumed_from: Checkpoint this run resumed from, if any.
         refreshes: One record per index refresh: step started/swapped, seconds, passages/s.
+        run_id: Id of the run (kept when resumed); recorded in every checkpoint it writes.
+        config: The TrainConfig in effect (after any `resume_mismatch="checkpoint"`), as a dict.
+        rag_config: The model's RagConfig in effect (before the train mode's freeze flags), as a dict.
     """
 
     train: list[dict[str, Any]] = field(default_factory=list)
@@ -48,6 +51,9 @@ class TrainHistory:
     last_checkpoint: Optional[str] = None
     resumed_from: Optional[str] = None
     refreshes: list[dict[str, Any]] = field(default_factory=list)
+    run_id: Optional[str] = None
+    config: dict[str, Any] = field(default_factory=dict)
+    rag_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def records(self) -> list[dict[str, Any]]:

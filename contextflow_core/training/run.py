@@ -17,6 +17,7 @@ import torch
 from contextflow_core.config import TrainConfig, to_dict
 from contextflow_core.evaluation.evaluate import evaluate
 from contextflow_core.training import checkpoint as ckpt
+from contextflow_core.training.optim import set_train_modes
 from contextflow_core.training.report import MetricsLog, TrainHistory
 
 __all__ = ["TrainingRun", "log_train", "run_evaluation", "save_now", "summary"]
@@ -37,11 +38,14 @@ class TrainingRun:
         val_data: Validation batches or examples, or None.
         batches_per_epoch: Training batches per epoch on this process.
         total_steps: Optimiser steps planned for the whole run.
-        restore: Model settings to put back at the end (`config`, `training`).
+        restore: Model settings to put back at the end (`optim.capture_flags`).
         history: What `train_rag` returns.
         pos: Position in the data: epoch, batches_in_epoch, and bad_evals (early stopping).
         window: Sums over the micro-batches of the current optimiser step.
         since_log: Sums since the last train-loss record.
+        run_id: The run's id (`training.resume`), recorded in its checkpoints.
+        identity: `resume.model_identity` of the model, recorded in its checkpoints.
+        rag_config: The RagConfig in effect, before the train mode's flags (recorded).
     """
 
     config: TrainConfig
@@ -66,6 +70,9 @@ class TrainingRun:
     grad_norm: Optional[float] = None
     started: float = field(default_factory=time.perf_counter)
     refresher: Any = None
+    run_id: Optional[str] = None
+    identity: Optional[dict[str, Any]] = None
+    rag_config: Any = None
 
     def __post_init__(self) -> None:
         self.reset_window()
@@ -88,7 +95,7 @@ class TrainingRun:
         return self.config.max_steps is not None and self.history.global_step >= self.config.max_steps
 
     def reset_window(self) -> None:
-        self.window = {"loss": 0.0, "batches": 0, "items": 0, "bad": 0}
+        self.window = {"loss": 0.0, "batches": 0, "items": 0, "bad": 0, "embeddings": 0}
 
     def reset_since_log(self) -> None:
         self.since_log = {"loss": 0.0, "steps": 0, "items": 0, "time": time.perf_counter()}
@@ -130,7 +137,7 @@ def run_evaluation(run: TrainingRun) -> None:
         return  # already evaluated at this step
     metrics = evaluate(run.raw, run.val_data, num_docs=cfg.num_docs, generate=cfg.eval_generate,
                        max_new_tokens=cfg.eval_max_new_tokens, decoding=cfg.eval_decoding, accelerator=run.accelerator)
-    run.raw.train()
+    set_train_modes(run.raw)  # evaluate restores modes itself; re-assert the training ones
     run.record(h.eval, {"type": "eval", "step": h.global_step, "epoch": run.epoch_float, **metrics})
     if h.best_val_loss is None or metrics["loss"] < h.best_val_loss - cfg.early_stopping_min_delta:
         h.best_val_loss, h.best_step, run.pos["bad_evals"] = metrics["loss"], h.global_step, 0
@@ -145,11 +152,23 @@ def trainer_state(run: TrainingRun) -> dict[str, Any]:
     return {"global_step": run.history.global_step, "position": dict(run.pos),
             "sampler": run.sampler.state_dict() if hasattr(run.sampler, "state_dict") else None,
             "batches_per_epoch": run.batches_per_epoch, "num_processes": run.accelerator.num_processes,
-            "history": run.history.to_dict(), "config": to_dict(run.config)}
+            "history": run.history.to_dict(), "config": to_dict(run.config), "run_id": run.run_id,
+            "rag_config": to_dict(run.rag_config) if run.rag_config is not None else None}
+
+
+def _refreshed_index(run: TrainingRun):
+    """The model's index when a refresh has replaced it during this run (a checkpoint keeps it), else None."""
+    if not any(r.get("swapped") for r in run.history.refreshes):
+        return None
+    return getattr(getattr(run.raw, "retriever", None), "index", None)
 
 
 def save_now(run: TrainingRun) -> None:
-    """Write a checkpoint (main process; every process contributes its RNG state), keep the last N."""
+    """Write a checkpoint (main process; every process contributes its RNG state), keep this run's last N.
+
+    `history.last_checkpoint` names it only once it is written (it records itself), and rotation
+    only removes older checkpoints of the same run, so it always exists on disk.
+    """
     from accelerate.utils import gather_object
 
     acc = run.accelerator
@@ -157,11 +176,16 @@ def save_now(run: TrainingRun) -> None:
     if acc.num_processes > 1:
         rng = gather_object(rng)
     path = run.output_dir / ckpt.checkpoint_name(run.history.global_step)
-    run.history.last_checkpoint = str(path)
+    previous, run.history.last_checkpoint = run.history.last_checkpoint, str(path)
     if run.main:
-        ckpt.save_checkpoint(path, model=run.raw, optimizer=run.optimizer, scheduler=run.scheduler,
-                             trainer_state=trainer_state(run), rng_states=rng, scaler=acc.scaler)
-        ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit)
+        try:
+            ckpt.save_checkpoint(path, model=run.raw, optimizer=run.optimizer, scheduler=run.scheduler,
+                                 trainer_state=trainer_state(run), rng_states=rng, scaler=acc.scaler,
+                                 run_id=run.run_id, identity=run.identity, index=_refreshed_index(run))
+        except BaseException:
+            run.history.last_checkpoint = previous
+            raise
+        ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, run.run_id)
     acc.wait_for_everyone()
 
 

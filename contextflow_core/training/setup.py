@@ -1,4 +1,4 @@
-"""Setup steps of `train_rag`: check inputs, build the accelerator, resume, open the records.
+"""Setup steps of `train_rag`: check inputs, build the accelerator, begin or resume the run, open the records.
 
 Boundary: everything the loop needs before its first step. No printing.
 """
@@ -18,11 +18,12 @@ from contextflow_core.config import TrainConfig, from_dict, to_dict
 from contextflow_core.io_utils import atomic_write_text
 from contextflow_core.training import checkpoint as ckpt
 from contextflow_core.training.report import MetricsLog, TrainHistory
+from contextflow_core.training.resume import ResumePlan, check_collisions, check_resume, model_identity
 from contextflow_core.training.run import TrainingRun
 from contextflow_core.types import Passage
 
-__all__ = ["as_dataloader", "check_answer_lengths", "check_inputs", "fits", "make_accelerator", "maybe_resume",
-           "open_records", "resolve_config"]
+__all__ = ["as_dataloader", "begin_run", "check_answer_lengths", "check_inputs", "fits", "make_accelerator",
+           "open_records", "resolve_config", "warn_stale_index"]
 
 
 def resolve_config(config, num_epochs: Optional[int], learning_rate: Optional[float]) -> TrainConfig:
@@ -98,8 +99,7 @@ def check_answer_lengths(model, loader: DataLoader, slack: int = 16) -> None:
     if not examples:
         return
     prompts = model.prompts
-    lengths = prompts.tokenizer([e.question for e in examples] + [e.answer for e in examples],
-                                add_special_tokens=False)["input_ids"]
+    lengths = prompts.text_ids([e.question for e in examples] + [e.answer for e in examples])
     sizes = [len(q) + len(a) for q, a in zip(lengths[: len(examples)], lengths[len(examples):])]
     prefix, suffix = prompts.frame_ids(examples[0].question)
     overhead = len(prefix) + len(suffix) + 1 - len(lengths[0])  # frame without the question, plus EOS
@@ -131,28 +131,47 @@ def make_accelerator(config: TrainConfig):
         return Accelerator(**kwargs)
 
 
-def _resume_path(run: TrainingRun) -> Optional[Path]:
-    resume = run.config.resume
-    if resume in (False, None) or (resume == "auto" and run.output_dir is None):
-        return None
-    if resume == "auto":
-        return ckpt.latest_checkpoint(run.output_dir)
-    path = Path(resume)
-    if path.is_dir() and not (path / ckpt.MANIFEST).exists() and ckpt.latest_checkpoint(path):
-        return ckpt.latest_checkpoint(path)  # an output_dir: its newest checkpoint
-    if not path.exists():
-        raise FileNotFoundError(f"resume: expected a checkpoint folder, 'auto' or False, got missing path {resume!r}")
-    return path
+def warn_stale_index(model, config: TrainConfig) -> None:
+    """Warn (once per `train_rag` call) when the context encoder trains but the index is never refreshed."""
+    if getattr(model.config, "train_context_encoder", False) and not config.refresh_index_steps:
+        warnings.warn("train_rag: RagConfig(train_context_encoder=True) trains the context encoder, but "
+                      "TrainConfig.refresh_index_steps is None: the index keeps the embeddings of the encoder "
+                      "before training and goes stale (retrieval drifts from the trained encoder); set "
+                      "refresh_index_steps=N to rebuild it every N optimizer steps", stacklevel=4)
 
 
-def maybe_resume(run: TrainingRun) -> None:
-    """Load the checkpoint `config.resume` points at, if any, into the run."""
-    path = _resume_path(run)
-    if path is None:
-        return
+def _shared_run_id(run: TrainingRun, run_id: Optional[str]) -> Optional[str]:
+    """The main process's run id on every process."""
+    if run.accelerator.num_processes == 1:
+        return run_id
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([run_id], from_process=0)[0]
+
+
+def begin_run(run: TrainingRun, plan: ResumePlan) -> None:
+    """Fix the run id, refuse a mismatched checkpoint or a run that would overwrite another's, then resume.
+
+    Raises:
+        ValueError: See `resume.check_resume` and `resume.check_collisions`.
+    """
+    run.run_id = plan.run_id if plan.path is not None else _shared_run_id(run, plan.run_id)
+    run.rag_config = run.restore["config"] if plan.rag_config is None else plan.rag_config  # before train-mode flags
+    run.identity = model_identity(run.raw)
+    check_resume(plan, run.raw, run.identity)
+    check_collisions(run.output_dir, run.run_id, int(plan.trainer_state.get("global_step") or 0), run.total_steps)
+    if plan.path is not None:
+        _load(run, plan.path)
+    run.history.run_id, run.history.config = run.run_id, to_dict(run.config)
+    run.history.rag_config = to_dict(run.rag_config)
+
+
+def _load(run: TrainingRun, path: Path) -> None:
+    """Load the checkpoint at `path` into the run (weights, optimiser, RNG, refreshed index, history)."""
     acc = run.accelerator
     state = ckpt.load_checkpoint(path, model=run.raw, optimizer=run.optimizer, scheduler=run.scheduler,
-                                 scaler=acc.scaler, rank=acc.process_index)
+                                 scaler=acc.scaler, rank=acc.process_index,
+                                 retriever=getattr(run.raw, "retriever", None))
     run.pos = dict(state["position"])
     run.history = TrainHistory.from_dict(state["history"])
     if run.history.stop_reason != "early_stopping":
