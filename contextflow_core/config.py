@@ -6,8 +6,11 @@ Each dataclass documents its fields and rejects contradictions in
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from .validation import as_bool, check_placeholders, is_int, refuse_unknown_fields
 
 
 def _check(condition: bool, message: str) -> None:
@@ -15,6 +18,7 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+@refuse_unknown_fields
 @dataclass
 class PromptConfig:
     """How f(x, z) is rendered.
@@ -44,15 +48,36 @@ class PromptConfig:
     use_chat_template: Optional[bool] = None
     max_length: Optional[int] = None
 
-    def __post_init__(self) -> None:
-        for name, keys in (("passage_format", ("{text}",)), ("question_format", ("{question}",)),
-                           ("user_format", ("{passages}", "{question}"))):
-            value = getattr(self, name)
-            for key in keys:
-                _check(key in value, f"{name} must contain {key}, got {value!r}")
-        _check(self.max_length is None or self.max_length > 0,
-               f"max_length must be a positive number of tokens or None, got {self.max_length!r}")
+    #: Placeholders each format may use, and those it must use (checked at construction, not at generate time).
+    PLACEHOLDERS = {"passage_format": (("title", "text"), ("text",)),
+                    "passage_format_untitled": (("text",), ("text",)),
+                    "question_format": (("question",), ("question",)),
+                    "user_format": (("instruction", "passages", "question"), ("passages", "question"))}
 
+    def __post_init__(self) -> None:
+        for name, (allowed, required) in self.PLACEHOLDERS.items():
+            check_placeholders(name, getattr(self, name), allowed, required)
+        for name in ("instruction", "passage_separator", "answer_prefix"):
+            _check(isinstance(getattr(self, name), str), f"{name}: expected a string, got {getattr(self, name)!r}")
+        _check(self.system_prompt is None or isinstance(self.system_prompt, str),
+               f"system_prompt: expected a string or None, got {self.system_prompt!r}")
+        _check(self.use_chat_template is None or isinstance(self.use_chat_template, bool),
+               f"use_chat_template: expected True, False or None, got {self.use_chat_template!r}")
+        _check(self.max_length is None or is_int(self.max_length),
+               f"max_length must be a positive number of tokens or None, got {self.max_length!r}")
+        if self.max_length is not None:
+            self.max_length = int(self.max_length)  # numpy ints -> int (JSON-ready)
+
+
+# Objective names and the train mode each implies (the sides it gives a gradient to). The
+# registry of loss functions is `objectives.OBJECTIVES`; config holds data only (no behaviour).
+OBJECTIVE_TRAIN_MODES: dict[str, str] = {"marginal": "joint", "lsr": "retriever", "ralt": "generator",
+                                         "emdr2": "joint"}
+OBJECTIVE_NAMES: tuple[str, ...] = tuple(OBJECTIVE_TRAIN_MODES)
+TRAIN_MODES = ("joint", "generator", "retriever")
+# Which sides a train mode trains: (question encoder, generator).
+MODE_SIDES: dict[str, tuple[bool, bool]] = {"joint": (True, True), "retriever": (True, False),
+                                            "generator": (False, True)}
 
 COSINE_TEMPERATURE = 0.05  # normalized encoders (cosine scores), as in contrastive sentence-embedding training
 INNER_PRODUCT_TEMPERATURE = 1.0  # unnormalized inner products (DPR), as in the RAG paper
@@ -63,6 +88,7 @@ def default_temperature(question_encoder: Any) -> float:
     return COSINE_TEMPERATURE if getattr(question_encoder, "normalize", False) else INNER_PRODUCT_TEMPERATURE
 
 
+@refuse_unknown_fields
 @dataclass
 class RagConfig:
     """How the RAG-Sequence model scores and marginalises.
@@ -105,18 +131,22 @@ class RagConfig:
     train_context_encoder: bool = False
 
     def __post_init__(self) -> None:
-        from .objectives import OBJECTIVES
-
-        _check(self.objective in OBJECTIVES, f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
-        _check(isinstance(self.num_docs, int) and self.num_docs > 0,
-               f"num_docs must be a positive integer, got {self.num_docs!r}")
+        _check(self.objective in OBJECTIVE_NAMES,
+               f"objective must be one of {sorted(OBJECTIVE_NAMES)}, got {self.objective!r}")
+        _check(is_int(self.num_docs), f"num_docs must be a positive integer, got {self.num_docs!r}")
+        self.num_docs = int(self.num_docs)  # numpy ints -> int (JSON-ready)
         _check(self.temperature is None or (isinstance(self.temperature, (int, float))
                                             and not isinstance(self.temperature, bool) and self.temperature > 0),
                f"temperature must be a number > 0 or None (chosen from the encoder), got {self.temperature!r}")
         _check(self.scoring in ("logits_to_keep", "hidden", "full"),
                f"scoring must be 'logits_to_keep', 'hidden' or 'full', got {self.scoring!r}")
-        _check(self.micro_batch_size is None or self.micro_batch_size > 0,
+        _check(self.micro_batch_size is None or is_int(self.micro_batch_size),
                f"micro_batch_size must be a positive integer or None, got {self.micro_batch_size!r}")
+        if self.micro_batch_size is not None:
+            self.micro_batch_size = int(self.micro_batch_size)
+        for name in ("length_normalize", "freeze_retriever", "freeze_generator", "gradient_checkpointing",
+                     "train_context_encoder"):
+            as_bool(name, getattr(self, name))  # "False" (a string) would be truthy
         _check(not (self.freeze_retriever and self.freeze_generator),
                "freeze_retriever and freeze_generator are both True: nothing would train")
 
@@ -135,8 +165,8 @@ def from_dict(cls, data: dict[str, Any]):
     return cls(**data)
 
 
-TRAIN_MODES = ("joint", "generator", "retriever")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+RESUME_MISMATCH = ("error", "checkpoint", "current")  # behaviour in training/resume.py
 _UNSUPPORTED_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
 
 
@@ -150,7 +180,9 @@ class TrainConfig:
         question_encoder_lr: Learning rate of the question encoder; None: `learning_rate`.
         generator_lr: Learning rate of the generator (or its LoRA adapters); None: `learning_rate`.
         train_mode: "joint" (question encoder and generator), "generator" or "retriever"
-            (question encoder only); the other side is frozen.
+            (question encoder only); the other side is frozen (no gradient, eval mode).
+            None (the default): implied by `objective` ("lsr" -> "retriever", "ralt" ->
+            "generator", otherwise "joint"); the resolved value is what the field reads.
         generator_lora: Train LoRA adapters on the generator instead of all its weights.
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale = lora_alpha / lora_r).
@@ -173,8 +205,18 @@ class TrainConfig:
         early_stopping_min_delta: Smallest decrease of the validation loss that counts as better.
         seed: Seeds python, numpy and torch before training.
         output_dir: Folder for checkpoints, metrics.jsonl and the curve plot; None: write nothing.
-        resume: "auto" (latest complete checkpoint in `output_dir`, if any), a checkpoint
-            path, or False (start afresh).
+        resume: "auto" (the most recently written complete checkpoint in `output_dir`, if
+            any: with several runs there, the newest run's latest), a checkpoint path, or False
+            (a new run). Every run has an id recorded in its checkpoints; rotation only removes
+            checkpoints of the same run, and a run that could overwrite another run's checkpoint
+            (one at a step it may still write) is refused before training. A resumed run
+            continues its checkpoint's run and replaces that run's later checkpoints, if any.
+        resume_mismatch: What happens when the checkpoint to resume was written for another
+            model (frozen weights, model configs, tokenizers), another RagConfig or another
+            training set-up (every TrainConfig field but those that only lengthen, evaluate,
+            save or log: see `training.resume.FREE_TRAIN_FIELDS`): "error" (refuse, the default),
+            "checkpoint" (continue with the recorded RagConfig and TrainConfig; a different
+            model is still refused) or "current" (continue with yours, with a warning).
         save_total_limit: Keep only the newest this many checkpoints; None: keep all.
         log_every: Record the training loss every this many optimiser steps.
         max_steps: Stop after this many optimiser steps in total; None: run all epochs.
@@ -186,8 +228,9 @@ class TrainConfig:
         progress: Show a progress bar and print the final summary (main process only).
         plot: Draw the loss curves to `output_dir/training_curves.png` (needs matplotlib).
         objective: Training objective set on the model ("marginal", "lsr", "ralt", "emdr2";
-            see `objectives.py`); None keeps the model's. "lsr" needs train_mode="retriever"
-            and "ralt" needs train_mode="generator".
+            see `objectives.py`); None keeps the model's. The objective implies the train
+            mode; an explicit train_mode that trains a side the objective gives no gradient
+            ("lsr" with "joint"/"generator", "ralt" with "joint"/"retriever") is an error.
         refresh_index_steps: Re-encode every passage with the current context encoder and
             rebuild the index every this many optimiser steps; None: never.
         refresh_in_background: Rebuild in a thread while training goes on with the old
@@ -198,7 +241,7 @@ class TrainConfig:
     learning_rate: float = 5e-5
     question_encoder_lr: Optional[float] = None
     generator_lr: Optional[float] = None
-    train_mode: str = "joint"
+    train_mode: Optional[str] = None
     generator_lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
@@ -221,6 +264,7 @@ class TrainConfig:
     seed: int = 42
     output_dir: Optional[str] = None
     resume: Any = "auto"
+    resume_mismatch: str = "error"
     save_total_limit: Optional[int] = 2
     log_every: int = 10
     max_steps: Optional[int] = None
@@ -236,8 +280,24 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_numbers()
+        self._resolve_train_mode()
         self._check_choices()
         self._check_contradictions()
+
+    def _resolve_train_mode(self) -> None:
+        """Fill train_mode=None from the objective, checking an explicit one against it."""
+        _check(self.objective is None or self.objective in OBJECTIVE_NAMES,
+               f"objective must be one of {sorted(OBJECTIVE_NAMES)} or None, got {self.objective!r}")
+        implied = OBJECTIVE_TRAIN_MODES[self.objective] if self.objective is not None else "joint"
+        if self.train_mode is None:
+            self.train_mode = implied
+            return
+        _check(self.train_mode in TRAIN_MODES, f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+        trains = MODE_SIDES[implied]
+        _check(all(want or not has for want, has in zip(trains, MODE_SIDES[self.train_mode])),
+               f"objective={self.objective!r} trains {'the question encoder' if trains[0] else 'no question encoder'}"
+               f" and {'the generator' if trains[1] else 'no generator'}, but train_mode={self.train_mode!r}; "
+               f"leave train_mode unset (None) or set train_mode={implied!r}")
 
     def _check_numbers(self) -> None:
         for name in ("num_epochs", "lora_r", "gradient_accumulation_steps", "log_every",
@@ -251,23 +311,22 @@ class TrainConfig:
                    f"{name} must be a positive integer or None, got {value!r}")
         for name in ("learning_rate", "question_encoder_lr", "generator_lr", "max_grad_norm"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, (int, float)) and value > 0),
-                   f"{name} must be a positive number{'' if name == 'learning_rate' else ' or None'}, "
-                   f"got {value!r}")
-        _check(self.learning_rate is not None, "learning_rate must be a positive number, got None")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        _check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha!r}")
-        _check(self.early_stopping_min_delta >= 0,
-               f"early_stopping_min_delta must be >= 0, got {self.early_stopping_min_delta!r}")
+            optional = "" if name == "learning_rate" else " or None"
+            _check((value is None and optional != "") or (_is_finite_number(value) and value > 0),
+                   f"{name} must be a finite positive number (not a bool){optional}, got {value!r}")
+        for name, low, high in (("weight_decay", 0, None), ("warmup_ratio", 0, 1), ("lora_dropout", 0, 1),
+                                ("lora_alpha", 0, None), ("early_stopping_min_delta", 0, None)):
+            value, strict = getattr(self, name), name == "lora_alpha"
+            ok = (_is_finite_number(value) and (value > low if strict else value >= low)
+                  and (high is None or value < high))
+            expected = f"{'>' if strict else '>='} {low}" if high is None else f"in [{low}, {high})"
+            _check(ok, f"{name} must be a finite number {expected} (not a bool), got {value!r}")
         _check(isinstance(self.seed, int) and not isinstance(self.seed, bool),
                f"seed must be an integer, got {self.seed!r}")
 
     def _check_choices(self) -> None:
         from transformers import SchedulerType
 
-        _check(self.train_mode in TRAIN_MODES, f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
         _check(self.mixed_precision in MIXED_PRECISIONS,
                f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         names = tuple(s.value for s in SchedulerType if s.value not in _UNSUPPORTED_SCHEDULERS)
@@ -276,6 +335,8 @@ class TrainConfig:
                f"eval_decoding must be 'thorough', 'fast' or 'concat', got {self.eval_decoding!r}")
         _check(self.resume is False or self.resume is None or (isinstance(self.resume, str) and self.resume != ""),
                f"resume must be 'auto', a checkpoint path or False, got {self.resume!r}")
+        _check(self.resume_mismatch in RESUME_MISMATCH,
+               f"resume_mismatch must be one of {RESUME_MISMATCH}, got {self.resume_mismatch!r}")
         if self.lora_target_modules is not None:
             _check(isinstance(self.lora_target_modules, (list, tuple)) and len(self.lora_target_modules) > 0
                    and all(isinstance(m, str) and m for m in self.lora_target_modules),
@@ -284,17 +345,6 @@ class TrainConfig:
             self.lora_target_modules = list(self.lora_target_modules)
 
     def _check_contradictions(self) -> None:
-        from .objectives import OBJECTIVES, TRAINS
-
-        _check(self.objective is None or self.objective in OBJECTIVES,
-               f"objective must be one of {sorted(OBJECTIVES)} or None, got {self.objective!r}")
-        if self.objective is not None:
-            encoder, generator = TRAINS[self.objective]
-            sides = {"joint": (True, True), "retriever": (True, False), "generator": (False, True)}[self.train_mode]
-            _check(all(want or not has for want, has in zip((encoder, generator), sides)),
-                   f"objective={self.objective!r} trains {'the question encoder' if encoder else 'no question encoder'}"
-                   f" and {'the generator' if generator else 'no generator'}, but train_mode={self.train_mode!r}; "
-                   f"set train_mode={'joint' if encoder and generator else 'retriever' if encoder else 'generator'!r}")
         _check(not (self.generator_lora and self.train_mode == "retriever"),
                "generator_lora is True but train_mode='retriever' trains no generator; "
                "set train_mode='joint' or 'generator', or generator_lora=False")
@@ -318,6 +368,10 @@ class TrainConfig:
     def lr_generator(self) -> float:
         """The generator's learning rate after defaults."""
         return self.learning_rate if self.generator_lr is None else self.generator_lr
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_positive_int(value: Any) -> bool:

@@ -2,7 +2,11 @@
 
 Boundary: assembles the generator scoring a loss needs and calls the pure
 functions in `loss.py`. Selected by `RagConfig.objective` (set by
-`TrainConfig.objective`).
+`TrainConfig.objective`). The names are declared in `config.OBJECTIVE_NAMES`
+(with the train mode each implies); this registry must hold exactly those.
+"marginal" is the model's own marginal likelihood (RAG-Token overrides it,
+see `rag_token.py`); the other three are defined on per-passage sequence
+likelihoods and are the same for RAG-Sequence and RAG-Token.
 
 - "marginal" (default): the joint RAG-Sequence marginal NLL; trains both sides.
 - "lsr": REPLUG-LSR, KL from the retriever to the LM-likelihood posterior over
@@ -20,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from .config import MODE_SIDES, OBJECTIVE_TRAIN_MODES
 from .loss import emdr2_nll, lsr_kl, ralt_nll, rag_sequence_nll
 from .scoring import score_sequences
 
@@ -55,7 +60,6 @@ def _emdr2(model, questions, doc_lp, passages, answers):
 
 OBJECTIVES: dict[str, Objective] = {"marginal": _marginal, "lsr": _lsr, "ralt": _ralt, "emdr2": _emdr2}
 
-# Which sides an objective trains: (question encoder, generator).
-TRAINS: dict[str, tuple[bool, bool]] = {
-    "marginal": (True, True), "lsr": (True, False), "ralt": (False, True), "emdr2": (True, True),
-}
+# Which sides an objective trains: (question encoder, generator). The names and the train
+# mode each implies live in `config.py` (data only), so config never imports this module.
+TRAINS: dict[str, tuple[bool, bool]] = {name: MODE_SIDES[mode] for name, mode in OBJECTIVE_TRAIN_MODES.items()}

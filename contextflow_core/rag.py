@@ -31,13 +31,15 @@ from torch import nn
 from .config import PromptConfig, RagConfig, default_temperature
 from .loss import doc_log_probs
 from .models.encoders import TextEncoder
-from .locks import model_lock
 from .models.loading import ensure_pad_token
-from .objectives import OBJECTIVES
+from .modes import eval_mode
+from .objectives import OBJECTIVES, Objective
 from .prompts import PromptBuilder
 from .retrieval import DocumentIndex, Retriever, as_retriever
+from .retrieval.checks import check_finite_embeddings
 from .scoring import score_sequences
 from .types import Passage, RagAnswer, RagOutput, Retrieved
+from .validation import as_int
 
 
 def wrap_question_encoder(question_encoder, tokenizer=None) -> TextEncoder:
@@ -58,6 +60,10 @@ def wrap_question_encoder(question_encoder, tokenizer=None) -> TextEncoder:
 class RAGSequence(nn.Module):
     """RAG-Sequence over a FAISS index with a decoder-only generator.
 
+    Built directly, the model keeps the modes of the modules it is given;
+    `from_pretrained` and `from_defaults` return it in `eval()` (as HF does).
+    `generate` runs in eval and restores every sub-module's own mode.
+
     Args:
         question_encoder: `TextEncoder` (or a HF encoder such as `DPRQuestionEncoder`).
         retriever: `Retriever` or `DocumentIndex` holding the passages.
@@ -71,6 +77,9 @@ class RAGSequence(nn.Module):
             question encoder. Used live (with gradient) for the K retrieved passages when
             `config.train_context_encoder`, and by index refresh.
     """
+
+    #: The objectives this model implements (`RagConfig.objective` -> loss); see `objectives.py`.
+    objectives: dict[str, Objective] = OBJECTIVES
 
     def __init__(
         self,
@@ -98,6 +107,7 @@ class RAGSequence(nn.Module):
         if self.config.temperature is None:  # resolved once, so config (and a saved model) shows the value used
             self.config = RagConfig(**{**self.config.__dict__, "temperature": self.temperature})
         self.prompts = PromptBuilder(self.generator_tokenizer, prompt)
+        self.check_objective(self.config.objective)
         self._check_dims()
         if self.config.gradient_checkpointing:
             generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -109,6 +119,14 @@ class RAGSequence(nn.Module):
                 f"question_encoder: embedding size {enc_dim} differs from the index's {index_dim} "
                 f"(index built with {self.index.encoder_name!r}); use the encoder the index was built with "
                 "or rebuild the index"
+            )
+
+    def check_objective(self, objective: str) -> None:
+        """Refuse, by name, an objective this model does not implement."""
+        if objective not in self.objectives:
+            raise ValueError(
+                f"objective: {type(self).__name__} implements {sorted(self.objectives)}, got {objective!r}; "
+                "choose one of those (RagConfig.objective / TrainConfig.objective) or use a model that has it"
             )
 
     @property
@@ -132,10 +150,7 @@ class RAGSequence(nn.Module):
 
     # -- retrieval ----------------------------------------------------------
     def resolve_num_docs(self, num_docs: Optional[int]) -> int:
-        k = self.config.num_docs if num_docs is None else num_docs
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(f"num_docs: expected a positive integer, got {k!r}")
-        return k
+        return as_int("num_docs", self.config.num_docs if num_docs is None else num_docs)  # numpy ints too
 
     def questions_from_ids(self, input_ids: torch.Tensor, attention_mask=None) -> list[str]:
         """Seed API: recover question text from question-encoder token ids."""
@@ -174,18 +189,26 @@ class RAGSequence(nn.Module):
         return answers
 
     def retrieve(self, questions: Sequence[str], num_docs: Optional[int] = None) -> tuple[torch.Tensor, Retrieved]:
-        """Top-K passages and log p_eta(z|x) (B, K), with gradient into the question encoder."""
+        """Top-K passages and log p_eta(z|x) (B, K), with gradient into the question encoder.
+
+        The scores q . d_k and their log-softmax are computed in float32 with autocast
+        off (bf16 scores would move log p(z|x) by ~0.08 nats at tau = 0.05); the
+        question encoder itself runs under whatever autocast is active.
+        """
         k = self.resolve_num_docs(num_docs)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_retriever):
             q = self.question_encoder.embed(list(questions))  # (B, D)
+        check_finite_embeddings("question embeddings", q)  # before the index search; train_rag skips the step
         retrieved = self.retriever.candidates(questions, q.detach().float().cpu(), k)
         if self.config.train_context_encoder:  # live passage embeddings, with gradient
             texts = [p.text for row in retrieved.passages for p in row]
             d = self.context_encoder.embed(texts).view(len(questions), -1, q.shape[-1])  # (B, K, D)
+            check_finite_embeddings("passage embeddings", d)
         else:
             d = retrieved.embeddings.to(device=q.device, dtype=q.dtype)  # (B, K, D) stored
-        scores = torch.einsum("bd,bkd->bk", q, d)  # (B, K) live scores
-        doc_lp = doc_log_probs(scores, self.temperature)
+        with torch.autocast(q.device.type, enabled=False):  # fp32 scores even under mixed precision
+            scores = torch.einsum("bd,bkd->bk", q.float(), d.float())  # (B, K) live scores
+            doc_lp = doc_log_probs(scores, self.temperature)
         if self.config.freeze_retriever:
             doc_lp = doc_lp.detach()
         return doc_lp, retrieved
@@ -219,7 +242,7 @@ class RAGSequence(nn.Module):
         if answers is None:
             return RagOutput(None, doc_lp, None, retrieved.passages)
         answers = self._answers(answers, questions)
-        loss, seq_lp = OBJECTIVES[self.config.objective](self, questions, doc_lp, retrieved.passages, answers)
+        loss, seq_lp = self.objectives[self.config.objective](self, questions, doc_lp, retrieved.passages, answers)
         return RagOutput(loss, doc_lp, seq_lp, retrieved.passages)
 
     # -- decoding and files -------------------------------------------------
@@ -234,28 +257,46 @@ class RAGSequence(nn.Module):
         decoding: str = "thorough",
         **generate_kwargs,
     ) -> list[RagAnswer]:
-        """RAG-Sequence decoding; see `generation.DECODERS` for the modes."""
+        """RAG-Sequence decoding; see `generation.DECODERS` for the modes.
+
+        Runs in eval mode and restores every sub-module's own mode afterwards; concurrent
+        callers sharing the generator or an encoder take turns (see `modes.eval_mode`).
+
+        Each answer's `score` is log p(y|x) of its text followed by EOS, scored by teacher
+        forcing exactly as `model(questions, answers)` does, in every decoding mode: sampling
+        settings (`temperature`, `top_p`, `repetition_penalty`, ...) change which text is
+        generated, not its score, and an answer cut by `max_new_tokens` keeps its EOS term.
+        An empty candidate (no text once special tokens are skipped and whitespace stripped,
+        e.g. EOS generated first) is never chosen; when every candidate of a question is
+        empty its answer is `RagAnswer(text="", score=float("-inf"))` with sources weighted
+        by p(z|x).
+        """
         from .generation import rag_generate
 
         questions = self._questions(questions, input_ids, attention_mask)
-        with model_lock(self.generator):  # concurrent callers take turns (see locks.py)
-            return rag_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens, decoding,
-                                **generate_kwargs)
+        return rag_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens, decoding,
+                            **generate_kwargs)
 
-    def save_pretrained(self, directory) -> None:
+    def inference(self):
+        """Context manager: this model's locks held and every module in eval, own modes restored after."""
+        return eval_mode(self, self.generator, self.question_encoder, self._context_encoder)
+
+    def save_pretrained(self, directory, *, save_base: bool = False) -> None:
+        """Save to a new/empty folder or over a saved RAG model (never over other files); see `serialization`."""
         from .serialization import save_rag
 
-        save_rag(self, directory)
+        save_rag(self, directory, save_base=save_base)
 
     @classmethod
     def from_pretrained(cls, directory, **kwargs) -> "RAGSequence":
+        """Load a model saved by `save_pretrained`, in `eval()` (call `.train()` to fine-tune)."""
         from .serialization import load_rag
 
-        return load_rag(cls, directory, **kwargs)
+        return load_rag(cls, directory, **kwargs).eval()
 
     @classmethod
     def from_defaults(cls, texts_or_index, ids=None, *, titles=None, metadatas=None, **kwargs) -> "RAGSequence":
-        """The embedded defaults (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct) over `texts_or_index`."""
+        """The embedded defaults (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct) over `texts_or_index`, in `eval()`."""
         from .models.defaults import default_generator, default_question_encoder
 
         encoder = default_question_encoder()
@@ -266,5 +307,5 @@ class RAGSequence(nn.Module):
                                              metadatas=metadatas)
         generator, tokenizer = default_generator()
         return cls(question_encoder=encoder, retriever=index, generator_tokenizer=tokenizer,
-                   generator=generator, **kwargs)
+                   generator=generator, **kwargs).eval()
 

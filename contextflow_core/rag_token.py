@@ -7,6 +7,12 @@ Same constructor, retrieval, prompts and files as `RAGSequence`; only the
 marginalisation (`loss.rag_token_nll` over the same batched (B, K, T) token
 log-probs) and the decoding (`generation.rag_token_generate`) differ.
 
+Objectives (`RagConfig.objective`): "marginal" is the RAG-Token marginal NLL
+above; "lsr", "ralt" and "emdr2" are defined on per-passage sequence
+likelihoods, so they are the same functions as for RAG-Sequence
+(`objectives.py`). An objective not in `RAGToken.objectives` is refused by
+name, at construction and by `train_rag`.
+
 Shapes: B questions, K passages, T answer positions.
 """
 from __future__ import annotations
@@ -15,15 +21,22 @@ from typing import Optional, Sequence
 
 import torch
 
-from .locks import model_lock
 from .loss import rag_token_nll
+from .objectives import OBJECTIVES
 from .rag import RAGSequence
 from .scoring import score_tokens
 from .types import RagAnswer, RagOutput
 
 
+def _token_marginal(model, questions, doc_lp, passages, answers):
+    loss, seq_lp, _ = model.token_nll(questions, doc_lp, passages, answers)
+    return loss, seq_lp
+
+
 class RAGToken(RAGSequence):
     """RAG-Token over a FAISS index with a decoder-only generator (see module docstring)."""
+
+    objectives = {**OBJECTIVES, "marginal": _token_marginal}
 
     def score_tokens(self, questions, passages, answers) -> tuple[torch.Tensor, torch.Tensor]:
         """Token log-probs (B, K, T) and answer mask (B, T)."""
@@ -36,16 +49,24 @@ class RAGToken(RAGSequence):
             lp = lp.detach()
         return lp, mask.view(B, -1, mask.shape[-1])[:, 0]
 
+    def token_nll(self, questions, doc_lp, passages, answers) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The RAG-Token marginal NLL, log p(y|f(x,z_k)) (B, K) and answer lengths (B,)."""
+        token_lp, mask = self.score_tokens(questions, passages, answers)
+        loss = rag_token_nll(doc_lp, token_lp.to(doc_lp.device), mask.to(doc_lp.device))
+        return loss, token_lp.sum(-1), mask.sum(-1)
+
     def forward(self, questions: Optional[Sequence[str]] = None, answers: Optional[Sequence[str]] = None,
                 num_docs: Optional[int] = None, input_ids=None, attention_mask=None) -> RagOutput:
+        """Retrieve, score and marginalise per token (`config.objective` "marginal"), or the named objective."""
+        if self.config.objective != "marginal":  # sequence-likelihood objectives: as RAG-Sequence
+            return super().forward(questions, answers, num_docs, input_ids, attention_mask)
         questions = self._questions(questions, input_ids, attention_mask)
         doc_lp, retrieved = self.retrieve(questions, num_docs)
         if answers is None:
             return RagOutput(None, doc_lp, None, retrieved.passages)
         answers = self._answers(answers, questions)
-        token_lp, mask = self.score_tokens(questions, retrieved.passages, answers)
-        loss = rag_token_nll(doc_lp, token_lp.to(doc_lp.device), mask.to(doc_lp.device))
-        return RagOutput(loss, doc_lp, token_lp.sum(-1), retrieved.passages, mask.sum(-1))
+        loss, seq_lp, lengths = self.token_nll(questions, doc_lp, retrieved.passages, answers)
+        return RagOutput(loss, doc_lp, seq_lp, retrieved.passages, lengths)
 
     @torch.no_grad()
     def generate(self, questions=None, input_ids=None, attention_mask=None, num_docs=None,
@@ -59,11 +80,6 @@ class RAGToken(RAGSequence):
         if unknown:
             raise ValueError(f"generate_kwargs: RAGToken supports do_sample, temperature, top_k; got {sorted(unknown)}")
         questions = self._questions(questions, input_ids, attention_mask)
-        with model_lock(self.generator):
-            was_training = self.training
-            self.eval()
-            try:
-                return rag_token_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens,
-                                          **generate_kwargs)
-            finally:
-                self.train(was_training)
+        with self.inference():  # locks held, eval mode, every sub-module's own mode restored after
+            return rag_token_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens,
+                                      **generate_kwargs)

@@ -129,14 +129,10 @@ def evaluate(
     gen = {"max_new_tokens": max_new_tokens, "decoding": decoding} if generate else None
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     totals = dict.fromkeys(_TOTALS, 0.0)
-    was_training = model.training
-    model.eval()
-    try:
+    with model.inference():  # eval mode; every sub-module's own mode comes back after
         for i, batch in enumerate(tqdm(_batches(data, batch_size), desc="evaluating", disable=not progress)):
             if i % world == rank:
                 _accumulate(model, normalize_batch(batch), k, gen, totals)
-    finally:
-        model.train(was_training)
     return _metrics(_reduce(totals, accelerator), k)
 
 

@@ -12,6 +12,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from contextflow_core.modes import eval_mode
+
 Pooling = Callable[[object, torch.Tensor], torch.Tensor]
 
 
@@ -116,17 +118,18 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> torch.Tensor:
-        """(N, D) float32 CPU embeddings of `texts`, batched, without gradient."""
+        """(N, D) float32 CPU embeddings of `texts`, batched, without gradient, in eval mode.
+
+        Every sub-module's own train/eval mode is restored afterwards.
+        """
         from tqdm.auto import tqdm
 
         texts = list(texts)
-        was_training = self.training
-        self.eval()
         chunks = []
         starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc="encoding", unit="batch", disable=not show_progress):
-            chunks.append(self.embed(texts[start : start + batch_size]).float().cpu())
-        self.train(was_training)
+        with eval_mode(self):  # holds the encoder's lock; each sub-module's own mode comes back after
+            for start in tqdm(starts, desc="encoding", unit="batch", disable=not show_progress):
+                chunks.append(self.embed(texts[start : start + batch_size]).float().cpu())
         if not chunks:
             return torch.empty(0, self.dim)
         return torch.cat(chunks)

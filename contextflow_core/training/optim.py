@@ -1,7 +1,8 @@
 """What trains and how: train modes, LoRA on the generator, parameter groups, schedule.
 
-Boundary: sets `requires_grad`, wraps the generator with peft when asked, and
-builds the AdamW optimiser and learning-rate schedule. No data, no I/O.
+Boundary: sets `requires_grad` and train/eval modes, wraps the generator with
+peft when asked, and builds the AdamW optimiser and learning-rate schedule. No
+data, no I/O.
 
 Example:
     >>> apply_train_mode(rag, TrainConfig(train_mode="generator"))   # doctest: +SKIP
@@ -16,11 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from contextflow_core.config import TrainConfig
+from contextflow_core.config import MODE_SIDES, OBJECTIVE_TRAIN_MODES, TrainConfig
+from contextflow_core.modes import restore_modes, restore_requires_grad, snapshot_modes, snapshot_requires_grad
 
 SIDES = ("question_encoder", "generator")
 
-__all__ = ["apply_train_mode", "build_optimizer", "build_scheduler", "param_groups", "side_of", "trainable_parameters"]
+__all__ = ["apply_train_mode", "build_optimizer", "build_scheduler", "capture_flags", "maybe_add_lora", "param_groups",
+           "restore_flags", "set_train_modes", "set_trainable", "side_of", "trainable_parameters"]
 
 
 def side_of(name: str) -> str:
@@ -40,8 +43,39 @@ def _is_peft(module: nn.Module) -> bool:
     return hasattr(module, "peft_config") and hasattr(module, "base_model")
 
 
-def _add_generator_lora(model: nn.Module, config: TrainConfig) -> None:
-    """Wrap `model.generator` in a peft LoRA model (base weights frozen, adapters trainable)."""
+def _tuner_layers(module: nn.Module) -> list[nn.Module]:
+    """The peft adapter layers (LoRA, ...) and modules-to-save wrappers inside `module`."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils import ModulesToSaveWrapper
+    except ImportError:  # pragma: no cover - peft is an extra
+        return []
+    return [m for m in module.modules() if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))]
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    """Set `requires_grad` on every parameter of `module`, explicitly.
+
+    False freezes everything. True on a module with peft adapters (LoRA on the
+    generator or on a question encoder's body) makes the active adapters
+    trainable and keeps every base weight frozen; on a plain module, all weights.
+    """
+    module.requires_grad_(False)
+    if not trainable:
+        return
+    layers = _tuner_layers(module)
+    if not layers:
+        module.requires_grad_(True)
+        return
+    for layer in layers:  # peft's own switch: active adapters trainable, the rest frozen
+        names = list(layer.active_adapters)
+        layer.set_adapter(names[0] if len(names) == 1 else names)
+
+
+def maybe_add_lora(model: nn.Module, config: TrainConfig) -> None:
+    """Wrap `model.generator` in a peft LoRA model when `config.generator_lora` asks and it has none."""
+    if not config.generator_lora or _is_peft(model.generator):
+        return
     from contextflow_core.models.peft_utils import add_lora
 
     try:
@@ -52,35 +86,84 @@ def _add_generator_lora(model: nn.Module, config: TrainConfig) -> None:
              dropout=config.lora_dropout, generator_targets=config.lora_target_modules)
 
 
+def _sides(model: nn.Module, config: TrainConfig, objective: str) -> tuple[bool, bool]:
+    """(train question encoder, train generator): the train mode, narrowed to the sides the objective trains."""
+    if hasattr(model, "check_objective"):
+        model.check_objective(objective)  # e.g. an objective this model class does not implement
+    mode_enc, mode_gen = MODE_SIDES[config.train_mode]
+    obj_enc, obj_gen = MODE_SIDES[OBJECTIVE_TRAIN_MODES[objective]]
+    train_encoder, train_generator = mode_enc and obj_enc, mode_gen and obj_gen
+    if config.generator_lora and not train_generator:
+        raise ValueError(f"generator_lora: True, but objective={objective!r} with train_mode={config.train_mode!r} "
+                         "trains no generator; set generator_lora=False or choose an objective that trains it")
+    return train_encoder, train_generator
+
+
 def apply_train_mode(model: nn.Module, config: TrainConfig) -> None:
-    """Freeze the side `config.train_mode` does not train and unfreeze the other.
+    """Set exactly which parameters train, and the model's `freeze_*` flags to match.
 
     "joint" trains both sides, "generator" only the generator, "retriever" only the
-    question encoder. With `generator_lora` the generator is replaced by a peft model
-    whose adapters are the only trainable generator weights (an existing peft
-    generator is reused, and keeps its own trainable set). `model.config`'s
-    `freeze_*` flags are set to match so frozen sides get no backward pass.
+    question encoder, narrowed to the sides the objective (`config.objective`, else the
+    model's) gives a gradient to. Every side is set explicitly (`set_trainable`): a side
+    with peft adapters trains its adapters only (base frozen), a plain side all its
+    weights, a frozen side nothing. With `generator_lora` the generator is first wrapped
+    in a peft LoRA model (an existing peft generator is reused). Modes: see `set_train_modes`.
 
     Raises:
-        ValueError: Nothing would be trained.
+        ValueError: An objective the model does not implement, or nothing would be trained.
     """
-    train_encoder = config.train_mode in ("joint", "retriever")
-    train_generator = config.train_mode in ("joint", "generator")
+    objective = config.objective or model.config.objective
+    train_encoder, train_generator = _sides(model, config, objective)
     if config.gradient_checkpointing and train_generator:
         model.generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if train_generator and config.generator_lora and not _is_peft(model.generator):
-        _add_generator_lora(model, config)
-    if not (train_generator and _is_peft(model.generator)):
-        model.generator.requires_grad_(train_generator)
-    model.question_encoder.requires_grad_(train_encoder)
+    if train_generator:
+        maybe_add_lora(model, config)
+    set_trainable(model.generator, train_generator)
+    set_trainable(model.question_encoder, train_encoder)
     if getattr(model, "_context_encoder", None) is not None:
-        model._context_encoder.requires_grad_(train_encoder and model.config.train_context_encoder)
-    objective = config.objective or model.config.objective
+        set_trainable(model._context_encoder, train_encoder and model.config.train_context_encoder)
     model.config = dataclasses.replace(
         model.config, freeze_retriever=not train_encoder, freeze_generator=not train_generator, objective=objective
     )
     if not trainable_parameters(model):
         raise ValueError(f"train_mode: {config.train_mode!r} leaves no trainable parameter in the model")
+
+
+def set_train_modes(model: nn.Module) -> None:
+    """Trained sides in `train()`, frozen sides in `eval()` (no dropout where nothing learns).
+
+    Follows `model.config.freeze_*` as set by `apply_train_mode`: e.g. the generator
+    that scores LSR targets, or the question encoder under train_mode="generator",
+    runs without dropout.
+    """
+    model.train()
+    if model.config.freeze_generator:
+        model.generator.eval()
+    if model.config.freeze_retriever:
+        model.question_encoder.eval()
+    context = getattr(model, "_context_encoder", None)
+    if context is not None and (model.config.freeze_retriever or not model.config.train_context_encoder):
+        context.eval()
+
+
+def capture_flags(model: nn.Module) -> dict[str, Any]:
+    """What `train_rag` changes on the model: its config, every module's mode, every parameter's `requires_grad`."""
+    return {"config": model.config, "modes": snapshot_modes(model), "requires_grad": snapshot_requires_grad(model),
+            "generator": model.generator}
+
+
+def restore_flags(model: nn.Module, state: dict[str, Any]) -> None:
+    """Put back what `capture_flags` recorded.
+
+    A generator wrapped in LoRA since (generator_lora) keeps peft's trainable set
+    (adapters on, base frozen); its new layers take the old generator's mode.
+    """
+    model.config = state["config"]
+    restore_requires_grad(state["requires_grad"])
+    if model.generator is not state["generator"]:
+        set_trainable(model.generator, True)
+    restore_modes(state["modes"], default_roots=(model.generator,),
+                  default=state["modes"].get(state["generator"], model.training))
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
