@@ -9,13 +9,30 @@ retrieval, prompt builder and generator; the marginalisation maths is in
   candidate under all K passages in one batched pass, and pick the best
   log p(y|x) = logsumexp_k [log p(z_k|x) + log p(y|f(x,z_k))].
 - "fast": as "thorough" but a candidate's likelihood under passages that did
-  not produce it is taken as zero, so no rescoring pass is needed.
+  not produce it is taken as zero (log p = -inf), so each candidate is rescored
+  only under its own passage (K times fewer sequences than "thorough"); with
+  K = 1 the two modes agree exactly.
 - "concat": all K passages in one prompt and a single generation (common
-  practice, not RAG-Sequence); sources are weighted by the answer's posterior
-  p(z_k|x,y) from one scoring pass.
+  practice, not RAG-Sequence); the score is log p(y | f(x, z_1..z_K)) and the
+  sources are weighted by the answer's posterior p(z_k|x,y) from one pass.
+
+Scores mean the same in every mode: log p(y|f(x,z)) is always the teacher-forced
+log-likelihood of the returned text followed by EOS, exactly what `model(questions,
+answers)` computes (`scoring.py`, honouring `RagConfig.scoring` and `length_normalize`).
+Generation only proposes the text: the log-probs `generate` reports are not used,
+so an answer cut by `max_new_tokens` still carries its EOS term, and sampling
+settings (temperature, top-p/top-k, repetition penalty, no_repeat_ngram_size, ...)
+change which text is sampled, never its score.
+
+Empty candidates: a continuation with no text left after its first EOS is cut,
+special tokens are skipped and whitespace is stripped (e.g. the generator emits
+EOS first) is never a candidate, in every mode, since an answer is non-empty
+text (as in `model(questions, answers)`). A question whose candidates are all
+empty gets `RagAnswer(text="", score=-inf)` with its sources weighted by the
+prior p(z_k|x).
 
 Every answer's text is only the generated continuation (never the prompt),
-with sources weighted by p(z_k | x, y) and a score log p(y | x).
+with sources weighted by p(z_k | x, y) and a score as above.
 
 Shapes: B questions, K passages, R returned sequences per prompt, C candidates.
 """
@@ -25,9 +42,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from .loss import posterior_doc_probs
+from .loss import posterior_doc_probs, rag_token_nll
 from .scoring import score_sequences
 from .types import Passage, RagAnswer
+from .validation import RAG_RESERVED, as_int, check_generate_kwargs
 
 
 def _eos_ids(model) -> set[int]:
@@ -38,48 +56,59 @@ def _eos_ids(model) -> set[int]:
     return ids
 
 
-def _run_generate(model, encoded, max_new_tokens: int, **kwargs) -> tuple[list[str], torch.Tensor]:
-    """Generate R continuations per prompt: texts (N*R) and their log-probs (N*R,)."""
+def _first_eos_cut(model, new: torch.Tensor) -> list[list[int]]:
+    """Each row of generated ids (N, new) up to, not including, its first EOS."""
+    if new.shape[1] == 0:
+        return [[] for _ in range(new.shape[0])]
+    eos = torch.tensor(sorted(_eos_ids(model)), device=new.device)
+    is_eos = torch.isin(new, eos)
+    lengths = torch.where(is_eos.any(-1), is_eos.long().argmax(-1), new.shape[1]).tolist()
+    return [row[:n] for row, n in zip(new.tolist(), lengths)]
+
+
+def _run_generate(model, encoded, max_new_tokens: int, **kwargs) -> list[str]:
+    """Generate R continuations per prompt: their texts (N*R), decoded without special tokens and stripped.
+
+    Only the text is kept: every mode scores the returned text by teacher forcing
+    (`_score_encoded`), so sampling settings choose which text is generated, not its score.
+    """
     batch = model.prompts.collate(encoded)
     device = next(model.generator.parameters()).device
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
     tok = model.generator_tokenizer
     kwargs.setdefault("pad_token_id", tok.pad_token_id)
     kwargs.setdefault("do_sample", False)
-    out = model.generator.generate(
-        **inputs, max_new_tokens=max_new_tokens, output_scores=True, return_dict_in_generate=True, **kwargs
-    )
-    new = out.sequences[:, inputs["input_ids"].shape[1]:]  # (N*R, new)
-    beams = getattr(out, "beam_indices", None)
-    trans = model.generator.compute_transition_scores(out.sequences, out.scores, beams, normalize_logits=beams is None)
-    eos = torch.tensor(sorted(_eos_ids(model)), device=new.device)
-    is_eos = torch.isin(new, eos)
-    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
-    logp = trans.float().masked_fill(after_eos | ~torch.isfinite(trans), 0.0).sum(-1)
-    texts = [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-    return texts, logp.cpu()
+    out = model.generator.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    new = sequences[:, inputs["input_ids"].shape[1]:]  # (N*R, new)
+    return [t.strip() for t in tok.batch_decode(_first_eos_cut(model, new), skip_special_tokens=True)]
 
 
-def _generate_in_chunks(model, encoded, max_new_tokens: int, kwargs) -> tuple[list[str], torch.Tensor]:
+def _generate_in_chunks(model, encoded, max_new_tokens: int, kwargs) -> list[str]:
     """`_run_generate` over micro-batches of `config.micro_batch_size` prompts (all at once when None)."""
     size = model.config.micro_batch_size or len(encoded) or 1
-    texts, logps = [], []
+    texts = []
     for start in range(0, len(encoded), size):
-        t, lp = _run_generate(model, encoded[start : start + size], max_new_tokens, **kwargs)
-        texts += t
-        logps.append(lp)
-    return texts, torch.cat(logps)
+        texts += _run_generate(model, encoded[start : start + size], max_new_tokens, **kwargs)
+    return texts
 
 
-def _generate_per_passage(model, questions, passages, max_new_tokens, kwargs):
-    """Candidates from each (question, passage) prompt: texts[b][k] (R each) and log-probs[b][k]."""
+def _generate_per_passage(model, questions, passages, max_new_tokens, kwargs) -> list[list[list[str]]]:
+    """Candidates from each (question, passage) prompt: texts[b][k], R each."""
     encoded = model.prompts.encode_batch(questions, passages)
     R = kwargs.get("num_return_sequences", 1)
-    texts, logp = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
+    texts = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
     K = len(passages[0])
-    by_q = [[texts[(b * K + k) * R : (b * K + k + 1) * R] for k in range(K)] for b in range(len(questions))]
-    lp_q = logp.view(len(questions), K, R)
-    return by_q, lp_q
+    return [[texts[(b * K + k) * R : (b * K + k + 1) * R] for k in range(K)] for b in range(len(questions))]
+
+
+def _score_encoded(model, encoded) -> torch.Tensor:
+    """(N,) log p(answer + EOS | prompt) by teacher forcing, as `model.score` computes it (float32, CPU)."""
+    if not encoded:
+        return torch.empty(0)
+    return score_sequences(model.generator, encoded, model.prompts.collate, mode=model.config.scoring,
+                           micro_batch_size=model.config.micro_batch_size,
+                           length_normalize=model.config.length_normalize).float().cpu()
 
 
 def _answer(text: str, passages: Sequence[Passage], weights: torch.Tensor, score: float) -> RagAnswer:
@@ -87,7 +116,13 @@ def _answer(text: str, passages: Sequence[Passage], weights: torch.Tensor, score
     return RagAnswer(text=text, sources=[(passages[i], float(weights[i])) for i in order], score=float(score))
 
 
+def _no_answer(passages: Sequence[Passage], doc_lp: torch.Tensor) -> RagAnswer:
+    """The empty-candidate rule's answer when no candidate has text: "", score -inf, sources by p(z|x)."""
+    return _answer("", passages, doc_lp.exp(), float("-inf"))
+
+
 def _unique(texts_per_passage) -> list[str]:
+    """Non-empty candidate texts in order of appearance (empty ones are never candidates)."""
     seen = {}
     for texts in texts_per_passage:
         for t in texts:
@@ -97,21 +132,18 @@ def _unique(texts_per_passage) -> list[str]:
 
 
 def _thorough(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
-    cands_by_q, _ = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
+    cands_by_q = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
     candidates = [_unique(c) for c in cands_by_q]
     K = doc_lp.shape[1]
     flat_q = [q for q, cs in zip(questions, candidates) for _ in cs]
     flat_p = [p for p, cs in zip(passages, candidates) for _ in cs]
     flat_a = [c for cs in candidates for c in cs]
-    seq_lp = torch.empty(0, K)
-    if flat_a:
-        encoded = model.prompts.encode_batch(flat_q, flat_p, flat_a)
-        seq_lp = score_sequences(model.generator, encoded, model.prompts.collate, mode=model.config.scoring,
-                                 micro_batch_size=model.config.micro_batch_size).float().cpu().view(-1, K)
+    encoded = model.prompts.encode_batch(flat_q, flat_p, flat_a) if flat_a else []
+    seq_lp = _score_encoded(model, encoded).view(-1, K)  # (C, K) over all questions' candidates
     answers, row = [], 0
     for b, cs in enumerate(candidates):
         if not cs:
-            answers.append(_answer("", passages[b], doc_lp[b].exp(), float("-inf")))
+            answers.append(_no_answer(passages[b], doc_lp[b]))
             continue
         joint = doc_lp[b].unsqueeze(0) + seq_lp[row : row + len(cs)]  # (C, K)
         marginal = torch.logsumexp(joint, -1)  # (C,)
@@ -123,19 +155,24 @@ def _thorough(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> lis
 
 
 def _fast(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
-    cands_by_q, lp_q = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
-    answers = []
-    for b, per_passage in enumerate(cands_by_q):
+    cands_by_q = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
+    K = doc_lp.shape[1]
+    pairs = [[(k, t) for k, texts in enumerate(per_passage) for t in dict.fromkeys(texts) if t]
+             for per_passage in cands_by_q]  # (passage that produced it, text), deduplicated
+    encoded = model.prompts.encode_batch([q for q, ps in zip(questions, pairs) for _ in ps],
+                                         [[passages[b][k]] for b, ps in enumerate(pairs) for k, _ in ps],
+                                         [t for ps in pairs for _, t in ps]) if any(pairs) else []
+    seq_lp = _score_encoded(model, encoded)  # (P,) each text under its own passage only
+    answers, i = [], 0
+    for b, ps in enumerate(pairs):
         table: dict[str, torch.Tensor] = {}
-        for k, texts in enumerate(per_passage):
-            for r, text in enumerate(texts):
-                if text:
-                    row = table.setdefault(text, torch.full((len(per_passage),), float("-inf")))
-                    row[k] = torch.maximum(row[k], lp_q[b, k, r])
+        for k, text in ps:
+            table.setdefault(text, torch.full((K,), float("-inf")))[k] = seq_lp[i]
+            i += 1
         if not table:
-            answers.append(_answer("", passages[b], doc_lp[b].exp(), float("-inf")))
+            answers.append(_no_answer(passages[b], doc_lp[b]))
             continue
-        joint = {t: doc_lp[b] + lp for t, lp in table.items()}
+        joint = {t: doc_lp[b] + lp for t, lp in table.items()}  # other passages: log p = -inf
         best = max(joint, key=lambda t: float(torch.logsumexp(joint[t], -1)))
         answers.append(_answer(best, passages[b], torch.softmax(joint[best], -1), torch.logsumexp(joint[best], -1)))
     return answers
@@ -144,14 +181,19 @@ def _fast(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[Ra
 def _concat(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
     encoded = [model.prompts.encode(q, ps) for q, ps in zip(questions, passages)]
     kwargs = {k: v for k, v in kwargs.items() if k != "num_return_sequences"}
-    texts, logp = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
+    texts = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
     scored = [b for b, t in enumerate(texts) if t]
-    weights = doc_lp.exp().clone()
-    if scored:
-        seq_lp = model.score([questions[b] for b in scored], [passages[b] for b in scored],
-                             [texts[b] for b in scored]).float().cpu()
-        weights[scored] = posterior_doc_probs(doc_lp[scored], seq_lp)
-    return [_answer(t, passages[b], weights[b], logp[b]) for b, t in enumerate(texts)]
+    K = doc_lp.shape[1]
+    per_passage = model.prompts.encode_batch([questions[b] for b in scored], [passages[b] for b in scored],
+                                             [texts[b] for b in scored]) if scored else []
+    together = [model.prompts.encode(questions[b], passages[b], texts[b]) for b in scored]
+    lp = _score_encoded(model, per_passage + together)
+    seq_lp, concat_lp = lp[: len(per_passage)].view(-1, K), lp[len(per_passage):]  # (S, K), (S,)
+    answers = [_no_answer(passages[b], doc_lp[b]) for b in range(len(texts))]
+    for i, b in enumerate(scored):
+        weights = posterior_doc_probs(doc_lp[b], seq_lp[i])
+        answers[b] = _answer(texts[b], passages[b], weights, concat_lp[i])
+    return answers
 
 
 Decoder = Callable[..., list[RagAnswer]]
@@ -163,18 +205,14 @@ def rag_generate(model, questions: list[str], num_docs: int, max_new_tokens: int
     """Answer `questions` with `model` (a RAGSequence) using the named decoding mode."""
     if decoding not in DECODERS:
         raise ValueError(f"decoding: expected one of {sorted(DECODERS)}, got {decoding!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
+    max_new_tokens = as_int("max_new_tokens", max_new_tokens)  # numpy ints too; "16" refused
+    generate_kwargs = check_generate_kwargs(generate_kwargs, owner="generate", reserved=RAG_RESERVED)
     num_beams = generate_kwargs.get("num_beams", 1)
     generate_kwargs.setdefault("num_return_sequences", num_beams)
-    was_training = model.training
-    model.eval()
-    try:
+    with model.inference():  # locks held, eval mode, every sub-module's own mode restored after
         doc_lp, retrieved = model.retrieve(questions, num_docs)
         doc_lp = doc_lp.detach().float().cpu()
         return DECODERS[decoding](model, questions, doc_lp, retrieved.passages, max_new_tokens, generate_kwargs)
-    finally:
-        model.train(was_training)
 
 
 # -- RAG-Token ----------------------------------------------------------------
@@ -205,8 +243,9 @@ def rag_token_generate(model, questions: list[str], num_docs: int, max_new_token
     """RAG-Token decoding: K KV caches in parallel, one shared token stream per question.
 
     Each step picks y_t from sum_k p(z_k|x) p(y_t | f(x,z_k), y_<t) and feeds it
-    to all K streams. Sources are weighted by p(z_k | x, y) accumulated from the
-    same per-passage token log-probs, so no extra pass is needed.
+    to all K streams. The returned text is then scored as in RAG-Sequence decoding
+    (module docstring): its RAG-Token log p(y|x) with EOS by teacher forcing, sources
+    weighted by p(z_k | x, y); an empty text scores -inf with sources by p(z|x).
     """
     gen, tok = model.generator, model.generator_tokenizer
     doc_lp, retrieved = model.retrieve(questions, num_docs)
@@ -220,16 +259,11 @@ def rag_token_generate(model, questions: list[str], num_docs: int, max_new_token
     doc_lp = doc_lp.to(device)
     eos = torch.tensor(sorted(_eos_ids(model)), device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
-    per_doc = torch.zeros(B, K, device=device)  # log p(y_<=t | f(x, z_k))
-    score = torch.zeros(B, device=device)
     steps = []
     for _ in range(max_new_tokens):
         lp = torch.log_softmax(out.logits[:, -1].float(), -1).view(B, K, -1)  # (B, K, V)
         mixture = torch.logsumexp(doc_lp.unsqueeze(-1) + lp, dim=1)  # (B, V)
         nxt = _next_token(mixture, do_sample, temperature, top_k).masked_fill(finished, tok.pad_token_id)
-        live = (~finished).float()
-        score += mixture.gather(-1, nxt.unsqueeze(-1)).squeeze(-1) * live
-        per_doc += lp.gather(-1, nxt.view(B, 1, 1).expand(B, K, 1)).squeeze(-1) * live.unsqueeze(-1)
         steps.append(nxt)
         finished |= torch.isin(nxt, eos)
         if bool(finished.all()):
@@ -238,7 +272,22 @@ def rag_token_generate(model, questions: list[str], num_docs: int, max_new_token
         pos = pos[:, -1:] + 1
         out = gen(input_ids=nxt.repeat_interleave(K).unsqueeze(-1), attention_mask=mask, position_ids=pos,
                   use_cache=True, **_cache_kwargs(gen, out))
-    ids = torch.stack(steps, -1) if steps else torch.empty(B, 0, dtype=torch.long)
-    texts = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-    weights = torch.softmax(doc_lp + per_doc, -1).cpu()
-    return [_answer(t, retrieved.passages[b], weights[b], score[b]) for b, t in enumerate(texts)]
+    ids = torch.stack(steps, -1) if steps else torch.empty(B, 0, dtype=torch.long, device=device)
+    texts = [t.strip() for t in tok.batch_decode(_first_eos_cut(model, ids), skip_special_tokens=True)]
+    return _token_answers(model, questions, doc_lp.cpu(), retrieved.passages, texts)
+
+
+def _token_answers(model, questions, doc_lp, passages, texts) -> list[RagAnswer]:
+    """RAG-Token answers: each non-empty text rescored by teacher forcing (EOS included)."""
+    scored = [b for b, t in enumerate(texts) if t]
+    answers = [_no_answer(passages[b], doc_lp[b]) for b in range(len(texts))]
+    if not scored:
+        return answers
+    token_lp, mask = model.score_tokens([questions[b] for b in scored], [passages[b] for b in scored],
+                                        [texts[b] for b in scored])  # (S, K, T), (S, T)
+    token_lp, mask, prior = token_lp.float().cpu(), mask.cpu(), doc_lp[scored]
+    scores = -rag_token_nll(prior, token_lp, mask, reduction="none")  # (S,)
+    weights = posterior_doc_probs(prior, token_lp.sum(-1))  # (S, K)
+    for i, b in enumerate(scored):
+        answers[b] = _answer(texts[b], passages[b], weights[i], scores[i])
+    return answers

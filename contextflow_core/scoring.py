@@ -12,8 +12,14 @@ memory scales with answer length, not prompt length. Modes (a registry):
   processing (soft-capping, scaling).
 - "hidden": runs the decoder body, gathers hidden states at answer positions
   and applies the LM head through chunked linear cross-entropy: no logits
-  tensor is kept at all. Falls back to "logits_to_keep" where the head is
-  quantized or the model post-processes logits.
+  tensor is kept at all. Exact or not taken: it runs only when the head is a
+  plain float `nn.Linear` (no LoRA or quantization on it), no prompt-learning
+  adapter wraps the model, and the causal-LM class is in `LOGIT_SCALES` (its
+  logits are `lm_head(hidden)` times a constant, e.g. Granite's
+  `1/logits_scaling`, Cohere's `logit_scale`, reproduced here). Otherwise
+  (e.g. Gemma-2 soft-capping, an unlisted architecture) it scores with
+  "logits_to_keep" and warns once why; `hidden_scoring_fallback(generator)`
+  returns that reason (None when "hidden" runs as asked).
 - "full": logits and log-softmax over every position (the naive design the
   benchmarks compare against; exact but memory-hungry).
 
@@ -21,6 +27,7 @@ Shapes: N sequences, L padded length, T answer positions, V vocabulary, H hidden
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -50,33 +57,77 @@ def _score_full(generator, batch: dict, T: int) -> torch.Tensor:
     return picked.masked_fill(~mask, 0.0)[:, -T:]
 
 
-def _plain_head(generator):
-    """The LM head as (weight, bias) when it is a plain float linear layer, else None."""
-    head = generator.get_output_embeddings()
+def _unit_scale(model) -> Optional[float]:
+    return 1.0
+
+
+# Causal-LM classes (transformers' own) whose forward computes logits as
+# `lm_head(decoder(...).last_hidden_state)` times a constant: class name -> the
+# constant for a model, or None where that instance post-processes otherwise.
+# Every entry is checked against "full" on a tiny config (tests/test_scoring_exact.py).
+LOGIT_SCALES: dict[str, Callable[[torch.nn.Module], Optional[float]]] = {
+    "LlamaForCausalLM": _unit_scale,
+    "MistralForCausalLM": _unit_scale,
+    "Qwen2ForCausalLM": _unit_scale,
+    "Qwen3ForCausalLM": _unit_scale,
+    "GemmaForCausalLM": _unit_scale,
+    "Phi3ForCausalLM": _unit_scale,
+    "SmolLM3ForCausalLM": _unit_scale,
+    "Olmo2ForCausalLM": _unit_scale,
+    "GraniteForCausalLM": lambda m: 1.0 / float(m.config.logits_scaling),
+    "CohereForCausalLM": lambda m: float(m.logit_scale),
+    "Gemma2ForCausalLM": lambda m: None if m.config.final_logit_softcapping else 1.0,
+}
+
+
+def _base_model(generator):
+    return generator.get_base_model() if hasattr(generator, "get_base_model") else generator
+
+
+def _lean_head(generator) -> tuple[Optional[tuple], str]:
+    """((weight, bias, scale), "") when "hidden" is exact for `generator`, else (None, reason)."""
+    peft_config = getattr(generator, "active_peft_config", None)
+    if getattr(peft_config, "is_prompt_learning", False):
+        return None, "a prompt-learning PEFT adapter adds virtual tokens outside the decoder"
+    base = _base_model(generator)
+    cls = type(base)
+    scale_of = LOGIT_SCALES.get(cls.__name__) if cls.__module__.startswith("transformers.models.") else None
+    scale = scale_of(base) if scale_of is not None else None
+    if scale is None:
+        return None, (f"{cls.__name__} is not known to compute its logits as lm_head(hidden) times a constant "
+                      f"(soft-capping or other post-processing; known: {sorted(LOGIT_SCALES)})")
+    head = base.get_output_embeddings()
     weight = getattr(head, "weight", None)
-    if weight is None or not weight.is_floating_point() or type(weight) is not torch.nn.Parameter:
-        return None
-    config = getattr(generator, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return None
-    return weight, getattr(head, "bias", None)
+    if type(head) is not torch.nn.Linear or type(weight) is not torch.nn.Parameter or not weight.is_floating_point():
+        return None, (f"the LM head is {type(head).__module__}.{type(head).__name__}, not a plain float "
+                      "torch.nn.Linear (LoRA, modules_to_save or quantization on lm_head)")
+    if not hasattr(base, "get_decoder"):
+        return None, f"{cls.__name__} has no get_decoder()"
+    return (weight, head.bias, scale), ""
 
 
-def _decoder(generator):
-    base = generator.get_base_model() if hasattr(generator, "get_base_model") else generator
-    return base.get_decoder() if hasattr(base, "get_decoder") else None
+def hidden_scoring_fallback(generator) -> Optional[str]:
+    """Why `scoring="hidden"` would score `generator` with "logits_to_keep" instead; None when it runs as asked."""
+    return _lean_head(generator)[1] or None
 
 
 def _score_hidden(generator, batch: dict, T: int) -> torch.Tensor:
-    head, decoder = _plain_head(generator), _decoder(generator)
-    if head is None or decoder is None:
+    head, reason = _lean_head(generator)
+    if head is None:
+        warnings.warn(f"scoring='hidden': {reason}; scoring with 'logits_to_keep' instead (exact, keeps the "
+                      "answer positions' logits). Set RagConfig(scoring='logits_to_keep') to silence this.",
+                      stacklevel=2)
         return _score_logits_to_keep(generator, batch, T)
+    weight, bias, scale = head
+    decoder = _base_model(generator).get_decoder()
     hidden = decoder(**_model_inputs(batch), use_cache=False).last_hidden_state  # (N, L, H)
     hidden = hidden[:, -T - 1 : -1]  # (N, T, H) positions that predict the answer
     targets = batch["labels"][:, -T:]
     mask = targets != IGNORE_INDEX
-    weight, bias = head
-    lp = linear_token_log_probs(hidden[mask].to(weight.dtype), weight, targets[mask], bias)  # (M,)
+    h = hidden[mask].to(weight.dtype)  # (M, H)
+    if scale != 1.0:  # logits * s = (h * s) W^T + b * s
+        h, bias = h * scale, (bias * scale if bias is not None else None)
+    lp = linear_token_log_probs(h, weight, targets[mask], bias)  # (M,)
     return torch.zeros(targets.shape, dtype=lp.dtype, device=lp.device).masked_scatter(mask, lp)
 
 
