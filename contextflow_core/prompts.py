@@ -8,6 +8,12 @@ mask never depends on searching the text for an "Answer:" marker.
 When prompt + answer exceed the budget, passage tokens are cut (from the end of
 the passage block); the question and the answer never are.
 
+User text is data: questions, passages (title and text), answers, the system
+prompt and the instruction are tokenized with special-token parsing off, so a
+passage holding ``<|im_end|>`` cannot close the user turn and an answer holding
+the EOS string trains on its characters. Only the template (the chat template
+and the `PromptConfig` formats) writes control tokens; see `prompt_tokens`.
+
 Shapes: N sequences (B questions x K passages), L padded length.
 """
 from __future__ import annotations
@@ -18,11 +24,13 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .config import PromptConfig
+from .prompt_tokens import Piece, SlotMarkers, literal_ids, pieces_ids
 from .types import Passage
 
 IGNORE_INDEX = -100
-_SLOT = "\u2063CONTEXTFLOW_PASSAGES\u2063"  # marks where passages go in the rendered frame
 _DEFAULT_MAX_LENGTH = 2048
+_FRAME_SLOTS = ("system", "instruction", "question", "passages")  # user text in the frame
+_PASSAGE_SLOTS = ("title", "text")
 
 PassageLike = Union[Passage, str]
 
@@ -104,49 +112,81 @@ class PromptBuilder:
     def render_passages(self, passages: Sequence[PassageLike]) -> str:
         return self.config.passage_separator.join(self.render_passage(p) for p in passages)
 
-    def _frame_text(self, question: str) -> tuple[str, str]:
-        """The prompt text around the passage slot: (before, after)."""
+    # -- pieces: template text and user text, kept apart ---------------------
+    def _template_texts(self) -> list[str]:
         cfg = self.config
-        user = cfg.user_format.format(
-            instruction=cfg.instruction, passages=_SLOT, question=cfg.question_format.format(question=question)
-        )
+        template = getattr(self.tokenizer, "chat_template", None)
+        return [cfg.user_format, cfg.question_format, cfg.answer_prefix, cfg.passage_format,
+                cfg.passage_format_untitled, cfg.passage_separator, str(template or "")]
+
+    def _frame_pieces(self, question: str) -> tuple[list[Piece], list[Piece]]:
+        """The prompt around the passage block, as (before, after) pieces."""
+        cfg = self.config
+        slots = SlotMarkers(_FRAME_SLOTS, self._template_texts())
+        user = cfg.user_format.format(instruction=slots["instruction"], passages=slots["passages"],
+                                      question=cfg.question_format.format(question=slots["question"]))
         if self.uses_chat_template:
-            messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
+            messages = [{"role": "system", "content": slots["system"]}] if cfg.system_prompt else []
             messages.append({"role": "user", "content": user})
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
-            text = (f"{cfg.system_prompt}\n\n" if cfg.system_prompt else "") + user + cfg.answer_prefix
-        before, after = text.split(_SLOT)
-        return before, after
+            text = (f"{slots['system']}\n\n" if cfg.system_prompt else "") + user + cfg.answer_prefix
+        values = {"system": cfg.system_prompt or "", "instruction": cfg.instruction, "question": question}
+        items = slots.split(text, values)
+        cuts = [i for i, (_, slot) in enumerate(items) if slot == "passages"]
+        if len(cuts) != 1:
+            raise ValueError(
+                f"PromptConfig.user_format: expected the passage block once in the rendered prompt, found it "
+                f"{len(cuts)} times; keep exactly one {{passages}} in user_format and use a chat template that "
+                "writes the user message unchanged"
+            )
+        pieces = [(t, slot is None) for t, slot in items]
+        return pieces[: cuts[0]], pieces[cuts[0] + 1 :]
+
+    def _block_pieces(self, passages: Sequence[PassageLike], slots: SlotMarkers) -> list[Piece]:
+        """The passage block (passages joined by the separator) as pieces."""
+        cfg = self.config
+        pieces: list[Piece] = []
+        for i, passage in enumerate(passages):
+            p = _as_passage(passage)
+            if i:
+                pieces.append((cfg.passage_separator, True))
+            if p.title:
+                text = cfg.passage_format.format(title=slots["title"], text=slots["text"])
+            else:
+                text = cfg.passage_format_untitled.format(text=slots["text"])
+            values = {"title": str(p.title or ""), "text": str(p.text)}
+            pieces += [(t, slot is None) for t, slot in slots.split(text, values)]
+        return pieces
+
+    def _with_bos(self, prefix: list[int]) -> list[int]:
+        bos = self.tokenizer.bos_token_id
+        return [bos] + prefix if not self.uses_chat_template and bos is not None else prefix
 
     # -- ids ----------------------------------------------------------------
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    def text_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of user texts, special-token strings read as plain characters."""
+        return literal_ids(self.tokenizer, texts)
 
     def frame_ids(self, question: str) -> tuple[list[int], list[int]]:
         """Token ids before and after the passage block for `question`."""
-        before, after = self._frame_text(question)
-        prefix = self._ids(before)
-        bos = self.tokenizer.bos_token_id
-        if not self.uses_chat_template and bos is not None:
-            prefix = [bos] + prefix
-        return prefix, self._ids(after)
+        prefix, suffix = pieces_ids(self.tokenizer, self._frame_pieces(question))
+        return self._with_bos(prefix), suffix
 
     def answer_ids(self, answer: str) -> list[int]:
-        """Answer ids followed by EOS: exactly the labelled tokens."""
-        return self._ids(answer) + [self.tokenizer.eos_token_id]
+        """Answer ids followed by EOS: exactly the labelled tokens (an EOS string in the text stays text)."""
+        return literal_ids(self.tokenizer, [answer])[0] + [self.tokenizer.eos_token_id]
 
     def encode(
         self, question: str, passages: Union[PassageLike, Sequence[PassageLike]], answer: Optional[str] = None
     ) -> EncodedPrompt:
-        """Tokenize f(question, passages) (+ answer) within the length budget."""
+        """Tokenize f(question, passages) (+ answer) within the length budget; the passages share one prompt."""
         if isinstance(passages, (str, Passage)):
             passages = [passages]
         _require_text("question", question)
-        answer_ids = self.answer_ids(_require_text("answer", answer)) if answer is not None else []
-        prefix, suffix = self.frame_ids(question)
-        block = self._ids(self.render_passages(passages))
-        return self._assemble(prefix, block, suffix, answer_ids)
+        if answer is not None:
+            _require_text("answer", answer)
+        return self._encode_rows([question], [[list(passages)]], None if answer is None else [answer])[0]
 
     def _assemble(self, prefix: list[int], block: list[int], suffix: list[int], answer_ids: list[int]) -> EncodedPrompt:
         fixed = len(prefix) + len(suffix) + len(answer_ids)
@@ -169,19 +209,31 @@ class PromptBuilder:
         answers: Optional[Sequence[str]] = None,
     ) -> list[EncodedPrompt]:
         """One prompt per (question, passage) pair, flattened row-major: (B*K)."""
+        for name, values in (("passages", passages), ("answers", answers)):
+            if values is not None and len(values) != len(questions):
+                raise ValueError(f"{name}: expected one entry per question ({len(questions)}), got {len(values)}")
         for i, q in enumerate(questions):
             _require_text("questions", q, i)
-        answer_ids = [None] * len(questions)
         if answers is not None:
-            answer_ids = [self.answer_ids(_require_text("answers", a, i)) for i, a in enumerate(answers)]
-        flat = [self.render_passage(p) for row in passages for p in row]
-        blocks = self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
-        out, j = [], 0
-        for question, row, ans in zip(questions, passages, answer_ids):
-            prefix, suffix = self.frame_ids(question)
-            for _ in row:
-                out.append(self._assemble(prefix, blocks[j], suffix, ans or []))
-                j += 1
+            for i, a in enumerate(answers):
+                _require_text("answers", a, i)
+        return self._encode_rows(questions, [[[p] for p in row] for row in passages], answers)
+
+    def _encode_rows(self, questions, blocks, answers) -> list[EncodedPrompt]:
+        """One prompt per passage block: blocks[b] lists question b's blocks. All text in one tokenizer call."""
+        slots = SlotMarkers(_PASSAGE_SLOTS, self._template_texts())
+        rows = [piece for q in questions for piece in self._frame_pieces(q)]
+        rows += [self._block_pieces(block, slots) for row in blocks for block in row]
+        rows += [[(a, False)] for a in answers or []]
+        ids = pieces_ids(self.tokenizer, rows)
+        B, N = len(questions), sum(len(row) for row in blocks)
+        frames, block_ids, answer_ids = ids[: 2 * B], iter(ids[2 * B : 2 * B + N]), ids[2 * B + N :]
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for b, row in enumerate(blocks):
+            prefix, suffix = self._with_bos(frames[2 * b]), frames[2 * b + 1]
+            ans = answer_ids[b] + [eos] if answers is not None else []
+            out += [self._assemble(prefix, next(block_ids), suffix, ans) for _ in row]
         return out
 
     # -- tensors ------------------------------------------------------------
