@@ -30,21 +30,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from contextflow_core.locks import model_lock
+from contextflow_core.modes import eval_mode
+from contextflow_core.prompt_tokens import chat_ids
+
+from .settings import call_settings, check_fields
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
 @contextmanager
 def inference(module: Any) -> Iterator[None]:
-    """Hold `module`'s lock and run it in eval mode without gradient (training mode restored after)."""
-    with model_lock(module), torch.no_grad():
-        was_training = getattr(module, "training", False)
-        if was_training:
-            module.eval()
-        try:
-            yield
-        finally:
-            if was_training:
-                module.train()
+    """Hold `module`'s lock and run it in eval mode without gradient (each sub-module's own mode restored after)."""
+    with eval_mode(module), torch.no_grad():
+        yield
 
 
 # ----------------------------------------------------------------------------- stop sequences
@@ -100,7 +96,7 @@ class _TokenQueue(BaseStreamer):
 class _LocalGeneration(BaseModel):
     """Fields and decoding shared by `ChatContextFlow` and `ContextFlowLLM`."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     generator: Any = Field(repr=False)
     """A HF causal LM (plain, PEFT-wrapped or quantized), e.g. `RAGSequence.generator`."""
@@ -119,7 +115,18 @@ class _LocalGeneration(BaseModel):
     streaming: bool = False
     """Route `invoke` through `_stream` (so callbacks get every token)."""
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """More `generator.generate` arguments (e.g. `repetition_penalty`)."""
+    """More `generator.generate` arguments (e.g. `repetition_penalty`); unknown names are refused."""
+    timeout: Optional[float] = None
+    """Seconds a call may generate for (HF `max_time`); None: no limit."""
+    max_retries: Optional[int] = None
+    """Accepted as LangChain's standard parameter; a local generator has nothing to retry (warns when set)."""
+    api_key: Optional[str] = Field(default=None, repr=False)
+    """Accepted as LangChain's standard parameter; a local generator needs no key (warns when set)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_fields(cls, data: Any) -> Any:
+        return check_fields(cls, data)
 
     @model_validator(mode="after")
     def _check_models(self):
@@ -128,10 +135,6 @@ class _LocalGeneration(BaseModel):
                              f"got {type(self.generator).__name__}")
         if not callable(self.tokenizer) or not hasattr(self.tokenizer, "decode"):
             raise ValueError(f"tokenizer: expected a HF tokenizer, got {type(self.tokenizer).__name__}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature: expected a number >= 0, got {self.temperature!r}")
-        if isinstance(self.max_tokens, bool) or self.max_tokens <= 0:
-            raise ValueError(f"max_tokens: expected a positive integer, got {self.max_tokens!r}")
         if self.model_name is None:
             cfg = getattr(self.generator, "config", None)
             self.model_name = (getattr(self.generator, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
@@ -141,7 +144,7 @@ class _LocalGeneration(BaseModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "top_p": self.top_p, "stop": self.stop, **self.generate_kwargs}
+                "top_p": self.top_p, "stop": self.stop, "timeout": self.timeout, **self.generate_kwargs}
 
     def _ls_params(self, model_type: str, stop: Optional[list[str]], kwargs: dict) -> LangSmithParams:
         params = LangSmithParams(
@@ -162,24 +165,25 @@ class _LocalGeneration(BaseModel):
             raise ValueError(f"model: this instance runs the local generator {self.model_name!r}, got {name!r}; "
                              "build another instance for another generator")
         stops = [s for s in (stop if stop is not None else self.stop or []) if s]
-        temperature = kwargs.pop("temperature", self.temperature)
-        max_tokens = kwargs.pop("max_tokens", self.max_tokens)
-        top_p = kwargs.pop("top_p", self.top_p)
+        max_tokens, temperature, top_p, timeout, kwargs = call_settings(f"{type(self).__name__}.invoke", self, kwargs)
         cancel = threading.Event()
         gen = {"max_new_tokens": max_tokens, "do_sample": temperature > 0,
                "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                else self.tokenizer.eos_token_id,
                "stopping_criteria": StoppingCriteriaList([_StopCriteria(self.tokenizer, prompt_length, stops, cancel)]),
-               **self.generate_kwargs, **kwargs}
+               **kwargs}
+        if timeout is not None:
+            gen["max_time"] = timeout
         if temperature > 0:
             gen["temperature"] = temperature
             if top_p is not None:
                 gen["top_p"] = top_p
         return stops, gen, cancel
 
-    def _inputs(self, text: str, add_special_tokens: bool) -> dict[str, torch.Tensor]:
+    def _inputs(self, text: str, add_special_tokens: bool, literal: bool = False) -> dict[str, torch.Tensor]:
         device = next(self.generator.parameters()).device
-        batch = self.tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt")
+        batch = self.tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt",
+                               split_special_tokens=literal)
         return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -305,6 +309,9 @@ def render_chat(tokenizer: Any, messages: Sequence[BaseMessage]) -> tuple[str, b
 class ChatContextFlow(_LocalGeneration, BaseChatModel):
     """A ContextFlow generator as a LangChain chat model (the generator alone, no retrieval).
 
+    Every setting is honoured or refused by name (see `settings.py`): unknown fields and
+    per-call keywords are errors listing the accepted ones.
+
     Args:
         generator: HF causal LM, e.g. the fine-tuned `RAGSequence.generator`.
         tokenizer: Its tokenizer; its chat template renders the messages.
@@ -315,9 +322,13 @@ class ChatContextFlow(_LocalGeneration, BaseChatModel):
         stop: Default stop sequences (a per-call `stop` replaces them).
         streaming: Make `invoke` stream internally (callbacks see each token).
         generate_kwargs: More arguments for `generator.generate`.
+        timeout: Seconds a call may generate for (HF `max_time`).
+        max_retries, api_key: LangChain's standard parameters, accepted with a warning
+            (nothing to retry, no key, for a local generator).
 
-    Per-call keyword arguments (`invoke(..., max_tokens=8, temperature=0.7)`) override the
-    fields; others go to `generator.generate`. Usage metadata (input/output tokens) is on
+    Per-call keyword arguments (`invoke(..., max_tokens=8, temperature=0.7)`; HF's
+    `max_new_tokens` is the same as `max_tokens`) override the fields; others go to
+    `generator.generate` after a check of their names and values. Usage metadata (input/output tokens) is on
     every returned message.
 
     Example:
@@ -339,8 +350,13 @@ class ChatContextFlow(_LocalGeneration, BaseChatModel):
         return self._ls_params("chat", stop, kwargs)
 
     def _chat_inputs(self, messages: list[BaseMessage]) -> dict[str, torch.Tensor]:
-        text, add_special = render_chat(self.tokenizer, messages)
-        return self._inputs(text, add_special)
+        """Prompt ids; message text is data: control-token strings in it stay text (issue 13)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            text, add_special = render_chat(self.tokenizer, messages)
+            return self._inputs(text, add_special, literal=True)
+        ids = torch.tensor([chat_ids(self.tokenizer, to_chat_turns(messages))])
+        device = next(self.generator.parameters()).device
+        return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
     def _generate(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
                   run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> ChatResult:

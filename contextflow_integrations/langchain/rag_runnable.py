@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
 
 from contextflow_core.generation import DECODERS
+from contextflow_core.validation import RAG_RESERVED, as_int, check_generate_kwargs, refuse_unknown
 
 from .retriever import passage_to_document
 
@@ -42,6 +43,29 @@ class RAGResult(TypedDict):
 RAGInput = Union[str, RAGQuestion]
 
 
+#: Conventional names from other components, refused with the ContextFlowRAG name to use.
+_RENAMES = {"max_tokens": "max_new_tokens", "k": "num_docs", "similarity_top_k": "num_docs",
+            "search_kwargs": "num_docs"}
+#: generate() arguments that are ContextFlowRAG fields or set by RAG decoding.
+_RESERVED = {**RAG_RESERVED, "questions": "pass the question as the input",
+             "num_docs": "pass it as ContextFlowRAG(num_docs=...) or invoke(..., num_docs=...)",
+             "max_new_tokens": "pass it as ContextFlowRAG(max_new_tokens=...) or invoke(..., max_new_tokens=...)",
+             "decoding": "pass it as ContextFlowRAG(decoding=...) or invoke(..., decoding=...)"}
+
+
+def _own_options(values: dict[str, Any], none_ok: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The num_docs / max_new_tokens / decoding found in `values`, type-checked (numpy ints accepted)."""
+    out = {}
+    for name in ("num_docs", "max_new_tokens"):
+        if name in values:
+            out[name] = as_int(name, values[name], none_ok=name in none_ok)
+    if "decoding" in values:
+        if values["decoding"] not in DECODERS:
+            raise ValueError(f"decoding: expected one of {sorted(DECODERS)}, got {values['decoding']!r}")
+        out["decoding"] = values["decoding"]
+    return out
+
+
 def question_of(value: Any, where: str = "input") -> str:
     """The question text of one `ContextFlowRAG` input, or ValueError naming `where`."""
     question = value.get("question") if isinstance(value, dict) else value
@@ -61,15 +85,22 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
     chunk, because RAG-Sequence picks the answer only after scoring every candidate
     against every passage.
 
+    One bad input fails only its own slot: each question is checked (and its prompt
+    frame measured against `PromptConfig.max_length`) before the batched call, and if
+    that call still fails with a ValueError the inputs are answered one by one. With
+    ``return_exceptions=True`` the bad slot holds its error; without, the error raised
+    names the slot (``inputs[i]: ...``).
+
     Args:
         model: A `RAGSequence` (e.g. `FinetuneResult.model`).
         num_docs: K passages per question; None: the model's default.
         max_new_tokens: Token budget of an answer.
         decoding: "thorough", "fast" or "concat" (see `contextflow_core.generation`).
-        generate_kwargs: More `RAGSequence.generate` arguments (e.g. ``num_beams``).
+        generate_kwargs: More `RAGSequence.generate` arguments (e.g. ``num_beams``),
+            checked at construction.
 
     Keyword arguments of `invoke`/`batch` (``num_docs``, ``max_new_tokens``, ``decoding``,
-    ...) override these for one call.
+    HF generate arguments) override these for one call; an unknown one is an error.
 
     Example:
         >>> chain = ContextFlowRAG(model=rag, num_docs=3) | (lambda out: out["answer"])  # doctest: +SKIP
@@ -77,7 +108,7 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
         'Ilo'
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     model: Any = Field(repr=False)
     num_docs: Optional[int] = None
@@ -85,14 +116,20 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
     decoding: str = "thorough"
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _check_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            refuse_unknown(cls.__name__, data, cls.model_fields, _RENAMES)
+            data = {**data, **_own_options(data, none_ok=("num_docs",))}
+        return data
+
     @model_validator(mode="after")
     def _check(self):
         if not (callable(getattr(self.model, "generate", None)) and callable(getattr(self.model, "retrieve", None))):
             raise ValueError(f"model: expected a RAGSequence, got {type(self.model).__name__}")
-        if self.decoding not in DECODERS:
-            raise ValueError(f"decoding: expected one of {sorted(DECODERS)}, got {self.decoding!r}")
-        if isinstance(self.max_new_tokens, bool) or self.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens: expected a positive integer, got {self.max_new_tokens!r}")
+        self.generate_kwargs = check_generate_kwargs(self.generate_kwargs, owner="generate_kwargs",
+                                                     reserved=_RESERVED)
         return self
 
     @property
@@ -104,32 +141,72 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
         return RAGResult
 
     # -- core call -------------------------------------------------------------------
-    def _answer(self, questions: list[str], **overrides: Any) -> list[RAGResult]:
-        options = {"num_docs": self.num_docs, "max_new_tokens": self.max_new_tokens, "decoding": self.decoding,
-                   **self.generate_kwargs, **overrides}
+    def _options(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """`generate` arguments of one call: the fields, overridden by valid per-call keywords."""
+        for name in overrides:
+            if name in _RENAMES:
+                refuse_unknown(f"{type(self).__name__}.invoke", [name], (), _RENAMES)
+        own = {"num_docs": self.num_docs, "max_new_tokens": self.max_new_tokens, "decoding": self.decoding,
+               **_own_options(overrides, none_ok=("num_docs",))}
+        extra = {k: v for k, v in overrides.items() if k not in own}
+        reserved = {k: v for k, v in _RESERVED.items() if k not in own}
+        return {**own, **check_generate_kwargs({**self.generate_kwargs, **extra},
+                                               owner=f"{type(self).__name__}.invoke", reserved=reserved,
+                                               also=own)}
+
+    def _answer(self, questions: list[str], options: dict[str, Any]) -> list[RAGResult]:
         answers = self.model.generate(questions=questions, **options)  # generate holds the model's lock
         return [RAGResult(answer=a.text,
                           source_documents=[passage_to_document(p, weight=float(w)) for p, w in a.sources])
                 for a in answers]
 
+    def _question(self, value: Any, where: str) -> str:
+        """The question of one input, refused (naming `where`) when its prompt frame cannot fit."""
+        question = question_of(value, where)
+        prompts = getattr(self.model, "prompts", None)
+        if prompts is not None:
+            try:
+                prompts.encode(question, [])  # the frame alone: a question too long for max_length fails here
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from e
+        return question
+
+    def _answer_each(self, questions: list[str], slots: list[int],
+                     options: dict[str, Any]) -> list[Union[RAGResult, Exception]]:
+        """One batched call; if it fails with a ValueError, one call per question (errors in their slots)."""
+        try:
+            return self._answer(questions, options)  # type: ignore[return-value]
+        except ValueError:
+            pass
+        results: list[Union[RAGResult, Exception]] = []
+        for slot, question in zip(slots, questions):
+            try:
+                results.append(self._answer([question], options)[0])
+            except ValueError as e:
+                results.append(ValueError(f"inputs[{slot}]: {e}"))
+        return results
+
     def _batch(self, inputs: list[RAGInput], **overrides: Any) -> list[Union[RAGResult, Exception]]:
         """Answer the valid inputs in one call; an invalid input gets its ValueError in its slot."""
-        outputs: list[Union[RAGResult, Exception]] = []
+        options = self._options(overrides)  # a bad option applies to every slot: the whole call fails
+        outputs: list[Union[RAGResult, Exception, str]] = []
         for i, value in enumerate(inputs):
             try:
-                outputs.append(question_of(value, f"inputs[{i}]"))  # type: ignore[arg-type]
+                outputs.append(self._question(value, f"inputs[{i}]"))
             except ValueError as e:
                 outputs.append(e)
         valid = [i for i, out in enumerate(outputs) if isinstance(out, str)]
         if valid:
-            for i, result in zip(valid, self._answer([outputs[i] for i in valid], **overrides)):  # type: ignore[misc]
+            results = self._answer_each([outputs[i] for i in valid], valid, options)  # type: ignore[misc]
+            for i, result in zip(valid, results):
                 outputs[i] = result
-        return outputs
+        return outputs  # type: ignore[return-value]
 
     # -- Runnable interface ------------------------------------------------------------
     def invoke(self, input: RAGInput, config: Optional[RunnableConfig] = None, **kwargs: Any) -> RAGResult:
         """Answer one question."""
-        return self._call_with_config(lambda value: self._answer([question_of(value)], **kwargs)[0], input, config)
+        options = self._options(kwargs)
+        return self._call_with_config(lambda value: self._answer([question_of(value)], options)[0], input, config)
 
     def batch(self, inputs: list[RAGInput], config: Optional[Union[RunnableConfig, list[RunnableConfig]]] = None,
               *, return_exceptions: bool = False, **kwargs: Any) -> list[RAGResult]:

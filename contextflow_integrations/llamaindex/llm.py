@@ -33,9 +33,33 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
+from contextflow_core.modes import eval_mode
+from contextflow_core.validation import as_int, as_number, check_generate_kwargs, refuse_unknown, take_alias
+
 __all__ = ["ContextFlowLLM"]
 
 _MAX_SANE_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30
+
+#: generate() arguments the LLM sets itself -> the field or keyword to use instead.
+_RESERVED = {"input_ids": "pass the prompt", "attention_mask": "pass the prompt",
+             "max_new_tokens": "pass max_new_tokens= (or max_tokens=) itself", "max_length": "pass max_new_tokens=",
+             "temperature": "pass temperature= itself", "do_sample": "set temperature > 0 to sample",
+             "streamer": "use stream_complete()"}
+
+
+def _check_fields(cls: type, kwargs: dict) -> dict:
+    """Constructor keywords: `max_tokens` (OpenAI's name) as `max_new_tokens`, unknown names and types refused."""
+    kwargs = take_alias(kwargs, "max_tokens", "max_new_tokens", cls.__name__)
+    refuse_unknown(cls.__name__, kwargs, set(cls.model_fields) | {"model", "tokenizer"})
+    checks = {"max_new_tokens": lambda v: as_int("max_new_tokens", v),
+              "context_window": lambda v: as_int("context_window", v, minimum=0),
+              "temperature": lambda v: as_number("temperature", v, low=0.0, low_open=False)}
+    kwargs = {**kwargs, **{n: check(kwargs[n]) for n, check in checks.items() if n in kwargs}}
+    if isinstance(kwargs.get("generate_kwargs"), dict):
+        kwargs["generate_kwargs"] = check_generate_kwargs(
+            kwargs["generate_kwargs"], owner="generate_kwargs", reserved=_RESERVED,
+            sampling=kwargs.get("temperature", 0.0) > 0)
+    return kwargs
 
 
 def _generator_and_tokenizer(model: Any, tokenizer: Any) -> tuple[Any, Any]:
@@ -79,13 +103,18 @@ class ContextFlowLLM(CustomLLM):
     Args:
         model: A RAGSequence (its `generator` and `generator_tokenizer` are used) or a HF causal LM.
         tokenizer: The generator's tokenizer; needed with a bare causal LM.
-        max_new_tokens: Token budget of a completion (reported as `metadata.num_output`).
+        max_new_tokens: Token budget of a completion (reported as `metadata.num_output`);
+            `max_tokens` (OpenAI's name) is accepted as the same setting, here and per call.
         temperature: 0 for greedy decoding, > 0 to sample at this temperature.
         context_window: Prompt + completion budget in tokens; 0: the generator's
             `max_position_embeddings` (else the tokenizer's `model_max_length`, else 2048).
         use_chat_template: True/False forces it; None uses the tokenizer's template when it has one.
         generate_kwargs: Extra keyword arguments of every `generate` call (top_p, repetition_penalty, ...).
-        **kwargs: LlamaIndex LLM fields (system_prompt, callback_manager, messages_to_prompt, ...).
+        **kwargs: LlamaIndex LLM fields (system_prompt, callback_manager, messages_to_prompt, ...);
+            any other name is refused, listing the accepted ones.
+
+    `complete(prompt, **kwargs)` takes `max_new_tokens` / `max_tokens`, `temperature` and
+    HF generate arguments (checked by name and value; sampling ones need temperature > 0).
 
     Example:
         >>> llm = ContextFlowLLM(rag, max_new_tokens=32)  # doctest: +SKIP
@@ -105,6 +134,7 @@ class ContextFlowLLM(CustomLLM):
     _templated: bool = PrivateAttr(default=False)
 
     def __init__(self, model: Any, tokenizer: Any = None, **kwargs: Any) -> None:
+        kwargs = _check_fields(type(self), kwargs)
         generator, tokenizer = _generator_and_tokenizer(model, tokenizer)
         config = getattr(generator, "config", None)
         kwargs.setdefault("model_name", str(getattr(config, "_name_or_path", "") or type(generator).__name__))
@@ -170,14 +200,22 @@ class ContextFlowLLM(CustomLLM):
         return {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
 
     def _generate_kwargs(self, kwargs: dict) -> tuple[int, dict]:
-        kwargs = {**self.generate_kwargs, **kwargs}
-        max_new_tokens = kwargs.pop("max_new_tokens", self.max_new_tokens)
-        temperature = kwargs.pop("temperature", self.temperature)
-        if temperature and temperature > 0:
+        """Per-call keywords over the fields, checked: (max_new_tokens, generate arguments)."""
+        owner = f"{type(self).__name__}.complete"
+        kwargs = take_alias(dict(kwargs), "max_tokens", "max_new_tokens", owner)
+        max_new_tokens = as_int("max_new_tokens", kwargs.pop("max_new_tokens", self.max_new_tokens))
+        if max_new_tokens >= self.context_window:
+            raise ValueError(f"max_new_tokens: expected fewer than context_window ({self.context_window}) "
+                             f"tokens, got {max_new_tokens}")
+        temperature = as_number("temperature", kwargs.pop("temperature", self.temperature), low=0.0, low_open=False)
+        kwargs = check_generate_kwargs({**self.generate_kwargs, **kwargs}, owner=owner, reserved=_RESERVED,
+                                       sampling=temperature > 0, also=("max_new_tokens", "max_tokens", "temperature"))
+        if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        kwargs.setdefault("pad_token_id", self._tokenizer.pad_token_id or self._tokenizer.eos_token_id)
+        pad = self._tokenizer.pad_token_id
+        kwargs.setdefault("pad_token_id", self._tokenizer.eos_token_id if pad is None else pad)
         return max_new_tokens, {"max_new_tokens": max_new_tokens, **kwargs}
 
     @llm_completion_callback()
@@ -185,7 +223,8 @@ class ContextFlowLLM(CustomLLM):
         """Complete `prompt` (rendered unless `formatted`); kwargs override generate arguments."""
         max_new_tokens, gen_kwargs = self._generate_kwargs(kwargs)
         inputs = self._inputs(self._full_prompt(prompt, formatted), max_new_tokens)
-        output = self._generator.generate(**inputs, **gen_kwargs)
+        with eval_mode(self._generator):  # no dropout; the generator's own modes come back after
+            output = self._generator.generate(**inputs, **gen_kwargs)
         new_tokens = output[0, inputs["input_ids"].shape[1]:]
         text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
         return CompletionResponse(text=text, raw={"prompt_tokens": int(inputs["input_ids"].shape[1]),
@@ -203,7 +242,8 @@ class ContextFlowLLM(CustomLLM):
 
         def run() -> None:
             try:
-                self._generator.generate(**inputs, **gen_kwargs, streamer=streamer)
+                with eval_mode(self._generator):
+                    self._generator.generate(**inputs, **gen_kwargs, streamer=streamer)
             except BaseException as e:  # re-raised in the consumer below
                 errors.append(e)
                 streamer.end()

@@ -34,15 +34,23 @@ from llama_index.core.base.response.schema import (
     Response,
     StreamingResponse,
 )
-from llama_index.core.bridge.pydantic import Field, field_validator
+from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from contextflow_core.generation import DECODERS
 from contextflow_core.types import RagAnswer
+from contextflow_core.validation import RAG_RESERVED, as_int, check_generate_kwargs, refuse_unknown, take_alias
 from contextflow_integrations.llamaindex.export import passage_to_node
 
 __all__ = ["ContextFlowQueryEngine", "source_nodes"]
+
+#: Conventional names with no counterpart here -> the field to use.
+_RENAMES = {"max_tokens": "max_new_tokens", "k": "num_docs", "top_k": "num_docs"}
+#: generate() arguments that are fields of the engine or set by RAG decoding.
+_RESERVED = {**RAG_RESERVED, "questions": "pass the query to query()", "num_docs": "pass num_docs= itself",
+             "max_new_tokens": "pass max_new_tokens= itself", "decoding": "pass decoding= itself",
+             "streamer": "set streaming=True"}
 
 
 def source_nodes(answer: RagAnswer) -> list[NodeWithScore]:
@@ -55,12 +63,17 @@ class ContextFlowQueryEngine(CustomQueryEngine):
 
     Args:
         rag: The RAGSequence.
-        num_docs: K passages per query; None: the model's `num_docs`.
+        num_docs: K passages per query; None: the model's `num_docs`. `similarity_top_k`
+            (LlamaIndex's name) is accepted as the same setting.
         max_new_tokens: Answer token budget.
         decoding: "thorough" (RAG-Sequence, rescoring every candidate under every
             passage), "fast" (no rescoring) or "concat" (all passages in one prompt).
         streaming: Return a streaming response (see the module docstring).
-        generate_kwargs: Extra arguments of `RAGSequence.generate` (e.g. num_beams).
+        generate_kwargs: Extra arguments of `RAGSequence.generate` (e.g. num_beams), checked
+            at construction. Any other field name is refused, listing the accepted ones.
+
+    Each query is one `generate` call, so queries gathered concurrently (`aquery`) fail
+    or succeed independently.
 
     Example:
         >>> engine = ContextFlowQueryEngine(rag=rag, num_docs=3)  # doctest: +SKIP
@@ -75,6 +88,23 @@ class ContextFlowQueryEngine(CustomQueryEngine):
     decoding: str = Field(default="thorough", description="'thorough', 'fast' or 'concat'.")
     streaming: bool = Field(default=False, description="Return a streaming response.")
     generate_kwargs: dict = Field(default_factory=dict, description="Extra arguments of RAGSequence.generate.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_fields(cls, data: Any) -> Any:
+        """`similarity_top_k` (LlamaIndex's name) is `num_docs`; unknown names and string numbers are refused."""
+        if not isinstance(data, dict):
+            return data
+        data = take_alias(data, "similarity_top_k", "num_docs", cls.__name__)
+        refuse_unknown(cls.__name__, data, cls.model_fields, _RENAMES)
+        if "num_docs" in data:
+            data["num_docs"] = as_int("num_docs", data["num_docs"], none_ok=True)
+        if "max_new_tokens" in data:
+            data["max_new_tokens"] = as_int("max_new_tokens", data["max_new_tokens"])
+        if isinstance(data.get("generate_kwargs"), dict):
+            data["generate_kwargs"] = check_generate_kwargs(data["generate_kwargs"], owner="generate_kwargs",
+                                                            reserved=_RESERVED)
+        return data
 
     @field_validator("rag")
     @classmethod

@@ -17,9 +17,13 @@ from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from contextflow_core.retrieval import Retriever
+from contextflow_core.validation import as_int, refuse_unknown
 from contextflow_integrations.llamaindex.export import passage_to_node
 
 __all__ = ["ContextFlowRetriever"]
+
+#: Names used for k elsewhere -> this retriever's name (LlamaIndex's own).
+_RENAMES = {"k": "similarity_top_k", "top_k": "similarity_top_k", "num_docs": "similarity_top_k"}
 
 
 def _as_core_retriever(model: Any) -> Retriever:
@@ -42,7 +46,8 @@ class ContextFlowRetriever(BaseRetriever):
         model: A RAGSequence (its index and live question encoder, so a model trained
             after this retriever was built is used as trained), or a
             `contextflow_core.retrieval.Retriever` with an encoder.
-        similarity_top_k: k; None: the model's `num_docs` (or the Retriever's k).
+        similarity_top_k: k; None: the model's `num_docs` (or the Retriever's k). Python or
+            numpy integers; `k`, `top_k` or `num_docs` are refused naming this field.
         callback_manager: LlamaIndex callback manager.
         verbose: LlamaIndex verbosity flag.
 
@@ -53,12 +58,12 @@ class ContextFlowRetriever(BaseRetriever):
     """
 
     def __init__(self, model: Any, *, similarity_top_k: Optional[int] = None,
-                 callback_manager: Optional[CallbackManager] = None, verbose: bool = False) -> None:
+                 callback_manager: Optional[CallbackManager] = None, verbose: bool = False, **kwargs: Any) -> None:
+        refuse_unknown(type(self).__name__, kwargs, ("model", "similarity_top_k", "callback_manager", "verbose"),
+                       _RENAMES)
         self._core = _as_core_retriever(model)
         k = self._core.k if similarity_top_k is None else similarity_top_k
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(f"similarity_top_k: expected a positive integer, got {k!r}")
-        self.similarity_top_k = k
+        self.similarity_top_k = as_int("similarity_top_k", k)  # numpy ints too
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

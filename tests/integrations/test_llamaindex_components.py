@@ -106,8 +106,10 @@ def test_passage_node_round_trip_keeps_id_text_title_and_json_metadata():
     assert (node.node_id, node.text, node.metadata) == ("p7", passage.text, {"year": 1204, "title": "Tarsk"})
     back = node_to_passage(NodeWithScore(node=node, score=0.3))
     assert (back.id, back.text, back.title, back.metadata) == ("p7", passage.text, "Tarsk", node.metadata)
-    odd = node_to_passage(TextNode(id_="x", text="t", metadata={"ok": [1, 2], "bad": object()}))
-    assert odd.metadata == {"ok": [1, 2]} and odd.title is None
+    odd = node_to_passage(TextNode(id_="x", text="t", metadata={"ok": [1, 2], "pair": (3, 4)}))
+    assert odd.metadata == {"ok": [1, 2], "pair": [3, 4]} and odd.title is None  # converted, not dropped
+    with pytest.raises(ValueError, match=r"metadata: passage 'x', key metadata\['bad'\]"):  # refused, not dropped
+        node_to_passage(TextNode(id_="x", text="t", metadata={"ok": [1, 2], "bad": object()}))
 
 
 def test_node_to_passage_rejects_non_nodes():
@@ -218,9 +220,8 @@ async def test_async_streaming_returns_an_async_streaming_response(rag):
 
 
 def test_streaming_surfaces_generation_errors_in_the_consumer(rag):
-    engine = ContextFlowQueryEngine(rag=rag, decoding="concat", streaming=True,
-                                    generate_kwargs={"not_a_generate_argument": 1})
-    with pytest.raises(ValueError, match="not_a_generate_argument"):
+    engine = ContextFlowQueryEngine(rag=rag, decoding="concat", streaming=True, generate_kwargs={"num_beams": 2})
+    with pytest.raises(ValueError, match="beam"):  # HF refuses streamers with beam search, in the thread
         list(engine.query(Q).response_gen)
 
 
@@ -358,3 +359,24 @@ def test_exported_vector_store_index_ranks_like_the_retriever_for_normalised_enc
     assert [n.node_id for n in theirs] == [n.node_id for n in ours]
     assert [n.score for n in theirs] == pytest.approx([n.score for n in ours], abs=1e-5)
     assert theirs[0].node.metadata["title"] == f"T{IDS.index(theirs[0].node_id)}"
+
+
+def test_llm_generates_in_eval_and_gives_the_generator_its_own_modes_back(rag):
+    """A generator left in train mode (dropout on) must not generate with dropout, and keeps its modes."""
+    generator = rag.generator
+    generator.config.attention_dropout = 0.5
+    for module in generator.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    generator.train()
+    seen = []
+    hook = generator.register_forward_hook(lambda module, args, output: seen.append(module.training))
+    try:
+        llm = ContextFlowLLM(rag, max_new_tokens=6)
+        first = llm.complete("Hi").text
+        streamed = "".join(r.delta or "" for r in llm.stream_complete("Hi"))
+        assert llm.complete("Hi").text == first == streamed
+    finally:
+        hook.remove()
+    assert seen and not any(seen)
+    assert all(m.training for m in generator.modules())
