@@ -1,13 +1,15 @@
 """Build a RAGSequence over a passage collection from a model, its parts, or the embedded defaults.
 
 Boundary: assembly only (the adapters' fine-tune helpers and the CLI call it);
-no training, no I/O.
+no training, no I/O. Passage metadata is made JSON-safe here (`metadata.json_metadata`),
+so data a store holds is converted, or refused, before any training starts.
 """
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
 from .config import PromptConfig, RagConfig
+from .metadata import json_safe_passages
 from .rag import RAGSequence
 from .retrieval import DocumentIndex
 from .types import Passage
@@ -53,15 +55,21 @@ def build_rag(
     """A RAGSequence over `passages`, indexed with the (given, model's or default) question encoder.
 
     Args:
-        passages: The collection to index.
+        passages: The collection to index; their metadata is converted by
+            `contextflow_core.metadata.json_metadata` (dates to ISO strings, tuples to lists, ...).
         model: Reuse this model's encoder, generator, prompt and config (its index is not used).
         encoder, generator, tokenizer: Parts to use instead; missing ones are the embedded defaults.
         num_docs: K; None: the config's, capped at the collection size.
         prompt, rag_config: Override the model's (or the defaults).
         index_factory: FAISS factory string for the new index.
+
+    Raises:
+        ValueError: Metadata that JSON cannot hold (names the passage id and key), checked
+            before any model is loaded; conflicting model arguments.
     """
+    passages = json_safe_passages(passages)
     encoder, generator, tokenizer, model_prompt, model_config = _components(model, encoder, generator, tokenizer)
-    index = DocumentIndex.from_passages(list(passages), encoder, index_factory=index_factory, show_progress=False)
+    index = DocumentIndex.from_passages(passages, encoder, index_factory=index_factory, show_progress=False)
     config = rag_config or model_config or RagConfig()
     k = num_docs if num_docs is not None else min(config.num_docs, len(index))
     return RAGSequence(encoder, index, tokenizer, generator, prompt=prompt or model_prompt, config=config,

@@ -21,6 +21,7 @@ from langchain_core.documents import Document
 from contextflow_core.building import build_rag
 from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
 from contextflow_core.data.readers import load_qa
+from contextflow_core.metadata import merge_duplicates
 from contextflow_core.rag import RAGSequence
 from contextflow_core.training import TrainHistory, make_dataloader, train_rag
 
@@ -39,7 +40,8 @@ class FinetuneResult:
         retriever: `ContextFlowRetriever` over the trained question encoder and the index.
         chain: `ContextFlowRAG` answering with the trained model (question -> answer + sources).
         history: The `TrainHistory` of `train_rag` (per-step losses, evaluations, stop reason).
-        documents: The documents that were indexed, each with its id (as the index holds them).
+        documents: The documents that were indexed, each with its id (as the index holds them):
+            metadata converted to JSON, merged duplicates with ``metadata["duplicate_ids"]``.
     """
 
     model: RAGSequence
@@ -57,13 +59,16 @@ class FinetuneResult:
         self.model.save_pretrained(directory)
 
 
-def _collect_documents(vectorstore: Any, documents: Optional[Sequence[Document]],
-                       ids: Optional[Sequence[str]]) -> tuple[list[Document], Optional[Sequence[str]]]:
+def _collect_documents(vectorstore: Any, documents: Optional[Sequence[Document]], ids: Optional[Sequence[str]],
+                       filter: Any = None) -> tuple[list[Document], Optional[Sequence[str]]]:
     """The documents to index, and explicit ids for them (only with `documents=`)."""
     if vectorstore is not None and documents is not None:
         raise ValueError("vectorstore, documents: expected one source of documents, got both; "
                          "pass documents=None to export the store, or vectorstore=None")
     if documents is not None:
+        if filter is not None:
+            raise ValueError("filter: applies to a vector store's documents, got it with documents=[...]; "
+                             "select the documents yourself, or pass the store with filter=")
         if isinstance(documents, (str, Document)):
             raise ValueError(f"documents: expected a list of Documents, got a single {type(documents).__name__}")
         documents = list(documents)
@@ -72,7 +77,7 @@ def _collect_documents(vectorstore: Any, documents: Optional[Sequence[Document]]
         return documents, ids
     if vectorstore is None:
         raise ValueError("vectorstore: expected a LangChain vector store (or documents=[...]), got None")
-    return export_documents(vectorstore, ids), None
+    return export_documents(vectorstore, ids, filter=filter), None
 
 
 def rag_from_vectorstore(
@@ -89,10 +94,16 @@ def rag_from_vectorstore(
     rag_config: Optional[RagConfig] = None,
     title_key: Optional[str] = "title",
     index_factory: str = "Flat",
+    filter: Any = None,
+    dedupe: bool = True,
 ) -> RAGSequence:
     """An untrained `RAGSequence` over the documents of `vectorstore` (see `finetune_from_vectorstore`)."""
-    docs, doc_ids = _collect_documents(vectorstore, documents, ids)
+    if not isinstance(dedupe, bool):
+        raise ValueError(f"dedupe: expected True or False, got {dedupe!r}")
+    docs, doc_ids = _collect_documents(vectorstore, documents, ids, filter)
     passages = documents_to_passages(docs, doc_ids, title_key)
+    if dedupe:
+        passages = merge_duplicates(passages)
     return build_rag(passages, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
                      num_docs=num_docs, prompt=prompt, rag_config=rag_config, index_factory=index_factory)
 
@@ -117,6 +128,8 @@ def finetune_from_vectorstore(
     title_key: Optional[str] = "title",
     index_factory: str = "Flat",
     max_new_tokens: int = 64,
+    filter: Any = None,
+    dedupe: bool = True,
 ) -> FinetuneResult:
     """Index a vector store's documents with ContextFlow, train jointly on QA pairs, return LangChain parts.
 
@@ -150,13 +163,25 @@ def finetune_from_vectorstore(
         title_key: Document metadata key used as passage title (None: no titles).
         index_factory: FAISS factory string of the new index.
         max_new_tokens: Answer budget of the result's `chain`.
+        filter: Train on the documents the store's own filter selects, given as the store
+            takes it in its searches: `InMemoryVectorStore` a callable over Documents,
+            `Chroma` a `where` dict, `QdrantVectorStore` a `qdrant_client.models.Filter`
+            (legacy `Qdrant`: also a metadata dict), community `FAISS` a metadata dict or a
+            callable over metadata. Refused with `ids`, `documents` or another store.
+        dedupe: Merge exact duplicates (same text and title) into the first one, whose
+            ``metadata["duplicate_ids"]`` lists every merged id; False keeps them all.
 
     Returns:
         A `FinetuneResult` with the trained model, `retriever`, `chain` and training `history`.
 
+    Metadata is converted to JSON by `contextflow_core.metadata.json_metadata` (dates to
+    ISO 8601 strings, tuples and sets to lists, non-string keys to strings), or refused,
+    before training starts.
+
     Raises:
         TypeError: The store's class has no exporter and no `ids` were given (pass `documents=`).
-        ValueError: Conflicting or malformed arguments, an empty store, or bad QA data.
+        ValueError: Conflicting or malformed arguments, an empty store (or filter selecting
+            nothing), a filter the store does not take, metadata JSON cannot hold, or bad QA data.
     """
     examples = load_qa(qa_pairs)
     if not examples:
@@ -166,7 +191,8 @@ def finetune_from_vectorstore(
         raise ValueError(f"train_config: expected a TrainConfig, got {type(config).__name__}")
     rag = rag_from_vectorstore(vectorstore, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
                                documents=documents, ids=ids, num_docs=num_docs, prompt=prompt,
-                               rag_config=rag_config, title_key=title_key, index_factory=index_factory)
+                               rag_config=rag_config, title_key=title_key, index_factory=index_factory,
+                               filter=filter, dedupe=dedupe)
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
     val = make_dataloader(val_pairs, batch_size=batch_size, shuffle=False) if val_pairs is not None else None
     history = train_rag(rag, train, val, config=config)

@@ -2,15 +2,22 @@
 
 Boundary: conversion only. `node_to_passage`/`passage_to_node` map one unit of
 text both ways (id = node id, text, metadata, with ``metadata["title"]`` as the
-passage title); `nodes_from_index` pulls every node out of a LlamaIndex index or
-vector store; `to_vector_store_index` hands a ContextFlow index back to
+passage title, and the node's relationships, so ``ref_doc_id`` and
+SOURCE/PREVIOUS/NEXT/PARENT/CHILD round-trip); metadata becomes JSON by the core
+rule `contextflow_core.metadata.json_metadata` (dates to ISO 8601 strings, tuples
+and sets to lists, non-string keys to strings; other objects are refused, naming
+the node id and key); `nodes_from_index` pulls the current nodes out of a
+LlamaIndex index or vector store; `to_vector_store_index` hands a ContextFlow index back to
 LlamaIndex as a `VectorStoreIndex` whose queries are embedded by the (trained)
 question encoder. Nothing here trains, retrieves or generates.
 
 Where the nodes of an index live (what `nodes_from_index` reads):
     - A `VectorStoreIndex` over a store that keeps no text (the default
       `SimpleVectorStore`): the index's docstore, for the node ids of its
-      `index_struct` (other indexes sharing the docstore are left out).
+      `index_struct` (other indexes sharing the docstore are left out) that the
+      vector store still holds where it can say so (`SimpleVectorStore`): nodes
+      removed with `delete_ref_doc` or `delete_nodes` stay out even when the
+      docstore keeps them. An index whose nodes were all deleted is an error.
     - A `VectorStoreIndex` over a text-keeping store, or a bare vector store:
       `vector_store.get_nodes()`; where a store does not implement it, the native
       client of the stores we know (Chroma: ``collection.get``, Qdrant: ``client.scroll``).
@@ -18,17 +25,27 @@ Where the nodes of an index live (what `nodes_from_index` reads):
 """
 from __future__ import annotations
 
-import json
 import warnings
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, TextNode
+from llama_index.core.data_structs.data_structs import IndexDict, IndexGraph, IndexList, KeywordTable
+from llama_index.core.schema import (
+    BaseNode,
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    ObjectType,
+    RelatedNodeInfo,
+    TextNode,
+)
 
+from contextflow_core.metadata import json_metadata
 from contextflow_core.types import Passage
 
 TITLE_KEY = "title"
+RELATIONSHIPS_KEY = "_node_relationships"
 
 __all__ = [
     "ContextFlowEmbedding",
@@ -41,40 +58,70 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- one unit of text
+def _relationships_to_json(relationships: dict) -> dict:
+    """{relation name: related info (or list of them) as plain data}; metadata converted later."""
+    def info(related: RelatedNodeInfo) -> dict:
+        node_type = related.node_type
+        return {"node_id": related.node_id, "node_type": node_type.name if isinstance(node_type, ObjectType)
+                else node_type, "metadata": dict(related.metadata or {}), "hash": related.hash}
+
+    return {NodeRelationship(rel).name: [info(r) for r in value] if isinstance(value, list) else info(value)
+            for rel, value in relationships.items()}
+
+
+def _relationships_from_json(data: Any, passage_id: str) -> dict:
+    def info(raw: dict) -> RelatedNodeInfo:
+        node_type = raw.get("node_type")
+        node_type = ObjectType[node_type] if node_type in ObjectType.__members__ else node_type
+        return RelatedNodeInfo(node_id=raw["node_id"], node_type=node_type, metadata=raw.get("metadata") or {},
+                               hash=raw.get("hash"))
+
+    try:
+        return {NodeRelationship[name]: [info(v) for v in value] if isinstance(value, list) else info(value)
+                for name, value in data.items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"passage: {passage_id!r} has a malformed metadata[{RELATIONSHIPS_KEY!r}] "
+                         f"({type(e).__name__}: {e}); that key is reserved for node relationships") from e
+
+
 def passage_to_node(passage: Passage, embedding: Optional[list[float]] = None) -> TextNode:
-    """A `TextNode` with the passage's id, text and metadata (its title as ``metadata["title"]``)."""
+    """A `TextNode` with the passage's id, text, metadata (its title as ``metadata["title"]``) and the
+    relationships (SOURCE = ``ref_doc_id``, PREVIOUS, NEXT, PARENT, CHILD) of the node it came from."""
     metadata = dict(passage.metadata)
+    relationships = metadata.pop(RELATIONSHIPS_KEY, None)
     if passage.title is not None:
         metadata.setdefault(TITLE_KEY, passage.title)
-    return TextNode(id_=passage.id, text=passage.text, metadata=metadata, embedding=embedding)
-
-
-def _jsonable(metadata: dict) -> dict:
-    """The entries of `metadata` that JSON can store (the DocumentIndex saves metadata as JSON)."""
-    kept = {}
-    for key, value in metadata.items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        kept[str(key)] = value
-    return kept
+    return TextNode(id_=passage.id, text=passage.text, metadata=metadata, embedding=embedding,
+                    relationships=_relationships_from_json(relationships, passage.id) if relationships else {})
 
 
 def node_to_passage(node: Any) -> Passage:
     """A `Passage` from a node (or `NodeWithScore`): id = node id, text without metadata.
 
+    The metadata goes through `contextflow_core.metadata.json_metadata` (dates to ISO 8601
+    strings, tuples and sets to lists, non-string keys to strings); the node's relationships
+    are kept under ``metadata["_node_relationships"]`` so that `passage_to_node` restores
+    them (and with them ``ref_doc_id``).
+
     Raises:
-        ValueError: `node` is not a LlamaIndex node.
+        ValueError: `node` is not a LlamaIndex node, or its metadata cannot be held as JSON
+            (the message names the node id and the key).
     """
     if isinstance(node, NodeWithScore):
         node = node.node
     if not isinstance(node, BaseNode):
         raise ValueError(f"nodes: expected LlamaIndex nodes (TextNode, Document, NodeWithScore), "
                          f"got {type(node).__name__}")
-    metadata = _jsonable(dict(node.metadata or {}))
+    node_id = str(node.node_id)
+    metadata = dict(node.metadata or {})
+    if RELATIONSHIPS_KEY in metadata:
+        raise ValueError(f"nodes: node {node_id!r} has a metadata key {RELATIONSHIPS_KEY!r}, which ContextFlow "
+                         "reserves for node relationships; rename it")
+    if node.relationships:
+        metadata[RELATIONSHIPS_KEY] = _relationships_to_json(node.relationships)
+    metadata = json_metadata(metadata, node_id)
     title = metadata.get(TITLE_KEY)
-    return Passage(id=str(node.node_id), text=node.get_content(metadata_mode=MetadataMode.NONE),
+    return Passage(id=node_id, text=node.get_content(metadata_mode=MetadataMode.NONE),
                    title=title if isinstance(title, str) and title else None, metadata=metadata)
 
 
@@ -100,18 +147,43 @@ def passages_from_nodes(nodes: Iterable[Any]) -> list[Passage]:
 
 
 # ----------------------------------------------------------------------------- pulling nodes
-def _struct_node_ids(index_struct: Any) -> list[str]:
-    nodes_dict = getattr(index_struct, "nodes_dict", None)
-    if isinstance(nodes_dict, dict):
-        return list(nodes_dict.values())
-    return list(getattr(index_struct, "nodes", None) or [])
+# index_struct class -> the node ids it lists (vector, summary, keyword and tree indexes)
+STRUCT_NODE_IDS: list[tuple[type, Callable[[Any], list[str]]]] = [
+    (IndexDict, lambda struct: list(struct.nodes_dict.values())),
+    (IndexList, lambda struct: list(struct.nodes)),
+    (KeywordTable, lambda struct: sorted(struct.node_ids)),
+    (IndexGraph, lambda struct: [struct.all_nodes[i] for i in sorted(struct.all_nodes)]),
+]
+
+# vector store class -> the node ids it still holds (`index.delete_nodes(ids)` without
+# delete_from_docstore=True removes them from the store but not from the index_struct)
+LIVE_NODE_IDS: dict[str, Callable[[Any], set[str]]] = {
+    "SimpleVectorStore": lambda store: set(store.data.embedding_dict),
+}
+
+
+def _struct_node_ids(index_struct: Any) -> Optional[list[str]]:
+    """The node ids the index_struct lists, or None for a struct kind not in STRUCT_NODE_IDS."""
+    return next((read(index_struct) for kind, read in STRUCT_NODE_IDS if isinstance(index_struct, kind)), None)
 
 
 def _nodes_of_docstore_index(index: Any) -> list[BaseNode]:
+    """The index's current nodes: its index_struct's ids still held by its vector store, from the docstore."""
     ids = _struct_node_ids(index.index_struct)
-    if ids:
-        return list(index.docstore.get_nodes(ids))
-    return list(index.docstore.docs.values())
+    if ids is None:
+        warnings.warn(f"index_or_vector_store: cannot tell which docstore nodes a {type(index).__name__} "
+                      f"({type(index.index_struct).__name__}) holds; using every node of its docstore. Pass "
+                      "nodes=[...] to choose them", stacklevel=4)
+        return list(index.docstore.docs.values())
+    store = getattr(index, "vector_store", None)
+    live = LIVE_NODE_IDS.get(type(store).__name__)
+    if live is not None:
+        held = live(store)
+        ids = [i for i in ids if i in held]
+    if not ids:
+        raise ValueError(f"index_or_vector_store: the {type(index).__name__} holds no nodes (none indexed, or "
+                         "all deleted); index some documents first or pass nodes=[...]")
+    return list(index.docstore.get_nodes(ids))
 
 
 def _chroma_nodes(store: Any) -> list[BaseNode]:
@@ -173,7 +245,7 @@ def _nodes_of_store(store: Any) -> list[BaseNode]:
 
 
 def nodes_from_index(index_or_vector_store: Any) -> list[BaseNode]:
-    """Every node (id, text, metadata) of a LlamaIndex index or vector store.
+    """The current nodes (id, text, metadata, relationships) of a LlamaIndex index or vector store.
 
     Args:
         index_or_vector_store: A `VectorStoreIndex` (or any index with a docstore),
@@ -183,7 +255,8 @@ def nodes_from_index(index_or_vector_store: Any) -> list[BaseNode]:
         The nodes, in the store's order.
 
     Raises:
-        ValueError: Nothing can be pulled (the message names the store and says to pass `nodes=`).
+        ValueError: Nothing can be pulled, or every node was deleted (the message names the
+            argument and says to pass `nodes=`).
     """
     obj = index_or_vector_store
     if obj is None:

@@ -219,8 +219,11 @@ def finetune_from_index(
 ) -> FinetuneResult:
     """Pull the nodes of a LlamaIndex index, train retriever and generator jointly, get LlamaIndex parts back.
 
-    The nodes become a ContextFlow `DocumentIndex` (ids = node ids, metadata kept,
-    ``metadata["title"]`` as title) embedded by the question encoder (one shared
+    The index's current nodes (deleted nodes stay out, even where the docstore keeps
+    them) become a ContextFlow `DocumentIndex` (ids = node ids, ``metadata["title"]`` as
+    title, metadata converted to JSON by `contextflow_core.metadata.json_metadata` or
+    refused before training, relationships kept so the result's source nodes carry the
+    same ``ref_doc_id`` and SOURCE/PREVIOUS/NEXT/PARENT/CHILD) embedded by the question encoder (one shared
     embedding space; the LlamaIndex embeddings are not used). The models come from
     `model` (a RAGSequence: its encoder, generator, prompt and config are trained in
     place, its index is replaced), or from `encoder`/`generator`/`tokenizer`, or by
@@ -255,7 +258,8 @@ def finetune_from_index(
         recall@k before and after training when the QA pairs carry gold ids.
 
     Raises:
-        ValueError: No nodes can be pulled (the message names the store; pass `nodes=`), a
+        ValueError: No nodes can be pulled or every node was deleted (the message names the
+            store; pass `nodes=`), metadata JSON cannot hold (names the node id and key), a
             query without an answer, conflicting model arguments, or bad QA data.
 
     Example:
