@@ -138,12 +138,13 @@ def _doc_rows():
 def test_errors_doc_matches_source():
     rows = _doc_rows()
     assert len(rows) >= len(CASES)
-    sources = "\n".join(p.read_text() for p in (ROOT / "contextflow_core").rglob("*.py"))
+    sources = "\n".join(p.read_text() for package in ("contextflow_core", "contextflow_integrations")
+                        for p in (ROOT / package).rglob("*.py"))
     for inp, exc, message in rows:
         fragment = re.search(r"`([^`]+)`", message).group(1)
         assert fragment in sources, f"docs/errors.md row {inp!r}: message fragment {fragment!r} not found in source"
         assert exc.strip("`") in {"ValueError", "TypeError", "FileNotFoundError", "KeyError", "RuntimeError",
-                                  "UserWarning", "handled"}, exc
+                                  "FileExistsError", "UserWarning", "handled"}, exc
 
 
 # -- training-side rows ---------------------------------------------------------------
