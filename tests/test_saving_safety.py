@@ -25,14 +25,6 @@ QS, ANS = ["What is the capital of Quenia?", "Which river flows through Tarsk?"]
 NOTES = "my notes, not a model\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def rag():
     return build_rag()

@@ -29,14 +29,6 @@ QS = ["What is the capital of Quenia?", "Which river flows through Tarsk?", "Whe
 TOO_LONG = "Where? " + "z" * 100_000  # its prompt frame alone is far over max_length (512)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def rag():
     return build_rag(num_docs=3)
