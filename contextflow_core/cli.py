@@ -144,10 +144,25 @@ def _encoder(spec: str):
     return default_question_encoder() if spec == EMBEDDED else load_encoder(spec)
 
 
-def _generator(spec: str):
+def _generator(spec: str, reader: Optional[bool] = None):
+    """The embedded generator (with the reader unless `reader` is False) or a path/hub id."""
     from contextflow_core.models import default_generator, load_generator
 
-    return default_generator() if spec == EMBEDDED else load_generator(spec)
+    return default_generator(reader=reader is not False) if spec == EMBEDDED else load_generator(spec)
+
+
+def _check_reader_flag(args) -> None:
+    """--reader/--no-reader choose the embedded generator's reader; refuse them where they mean nothing."""
+    reader = getattr(args, "reader", None)
+    if reader is None:
+        return
+    flag = "--reader" if reader else "--no-reader"
+    if getattr(args, "model", None):
+        raise ValueError(f"{flag}: --model {args.model} keeps the generator it was saved with (its "
+                         "rag_config.json records the reader); drop the flag")
+    if args.generator != EMBEDDED:
+        raise ValueError(f"{flag}: the reader adapter fits --generator embedded only, got --generator "
+                         f"{args.generator}; drop the flag")
 
 
 def _index(args, encoder):
@@ -164,14 +179,15 @@ def _index(args, encoder):
 
 
 def _model(args):
-    """A RAGSequence from --model DIR, or from --index/--passages with --encoder and --generator."""
+    """A RAGSequence from --model DIR, or from --index/--passages with --encoder, --generator and --reader."""
     from contextflow_core.rag import RAGSequence
 
+    _check_reader_flag(args)
     if getattr(args, "model", None):
         return RAGSequence.from_pretrained(args.model)
     encoder = _encoder(args.encoder)
     index = _index(args, encoder)
-    generator, tokenizer = _generator(args.generator)
+    generator, tokenizer = _generator(args.generator, getattr(args, "reader", None))
     return RAGSequence(encoder, index, tokenizer, generator, num_docs=getattr(args, "num_docs", None))
 
 
@@ -183,6 +199,9 @@ def _add_model_source(parser: argparse.ArgumentParser, training: bool = False) -
     group.add_argument("--passages", help="passages JSONL (id, text[, title, metadata]) to index on the fly")
     group.add_argument("--encoder", default=EMBEDDED, help="question encoder: 'embedded' or a path/hub id")
     group.add_argument("--generator", default=EMBEDDED, help="generator LLM: 'embedded' or a path/hub id")
+    group.add_argument("--reader", action=argparse.BooleanOptionalAction, default=None,
+                       help="merge the shipped reader adapter into --generator embedded (default: on); "
+                       "--no-reader: the raw SmolLM2-135M-Instruct")
 
 
 # ---------------------------------------------------------------------------- subcommands

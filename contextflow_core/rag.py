@@ -295,17 +295,29 @@ class RAGSequence(nn.Module):
         return load_rag(cls, directory, **kwargs).eval()
 
     @classmethod
-    def from_defaults(cls, texts_or_index, ids=None, *, titles=None, metadatas=None, **kwargs) -> "RAGSequence":
-        """The embedded defaults (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct) over `texts_or_index`, in `eval()`."""
+    def from_defaults(cls, texts_or_index, ids=None, *, titles=None, metadatas=None, reader: bool = True,
+                      **kwargs) -> "RAGSequence":
+        """The embedded defaults (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct) over `texts_or_index`, in `eval()`.
+
+        Args:
+            texts_or_index: Passage texts, or a `DocumentIndex` / `Retriever` built with the embedded encoder.
+            ids, titles, metadatas: Per-passage ids, titles and metadata (texts only).
+            reader: Merge the shipped reader adapter into the generator (default), so it answers
+                from the passage with the answer span; False: the raw instruct model. See
+                `models.default_generator`.
+            **kwargs: Passed to `RAGSequence` (`num_docs`, `config`, `prompt`, ...).
+
+        Raises:
+            FileNotFoundError: `reader=True` but the reader adapter is not installed.
+        """
         from .models.defaults import default_generator, default_question_encoder
 
+        generator, tokenizer = default_generator(reader=reader)  # first: a missing reader fails before indexing
         encoder = default_question_encoder()
         if isinstance(texts_or_index, (DocumentIndex, Retriever)):
             index = texts_or_index
         else:
             index = DocumentIndex.from_texts(list(texts_or_index), encoder, ids=ids, titles=titles,
                                              metadatas=metadatas)
-        generator, tokenizer = default_generator()
         return cls(question_encoder=encoder, retriever=index, generator_tokenizer=tokenizer,
                    generator=generator, **kwargs).eval()
-

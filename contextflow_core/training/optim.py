@@ -73,7 +73,12 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
 
 
 def maybe_add_lora(model: nn.Module, config: TrainConfig) -> None:
-    """Wrap `model.generator` in a peft LoRA model when `config.generator_lora` asks and it has none."""
+    """Wrap `model.generator` in a peft LoRA model when `config.generator_lora` asks and it has none.
+
+    On the embedded generator the reader adapter is already merged into the weights
+    (`default_generator(reader=True)`), so the new LoRA trains on top of base+reader and the
+    merged weights stay frozen with the rest of the base; a save pins that base by its hash.
+    """
     if not config.generator_lora or _is_peft(model.generator):
         return
     from contextflow_core.models.peft_utils import add_lora
