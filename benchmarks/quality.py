@@ -10,12 +10,15 @@ DocumentIndex of the corpus (passage embeddings fixed; only the question encoder
   (d) joint:     `TrainConfig(train_mode="joint", generator_lora=True)` (full question encoder + LoRA).
 
 Same optimiser steps, same batches (seeded loader), same seed per condition; every condition starts
-from fresh models. Evaluation: `evaluate()` on the test split: exact match and F1 of generated
-answers (greedy, `--decoding`, default "fast"), recall@1 and recall@K (K=5) of the gold passage, loss.
+from fresh models: the embedded generator with the shipped reader adapter merged in (the library's
+default), or the raw generator with `--no-reader` (how section 5 of RESULTS.md was measured).
+Evaluation: `evaluate()` on the test split: exact match and F1 of generated answers (greedy,
+`--decoding`, default "fast"), recall@1 and recall@K (K=5) of the gold passage, loss.
 
     python benchmarks/quality.py --quick
     python benchmarks/quality.py                 # three seeds
     python benchmarks/quality.py --quick --tag tau0.5 --temperature 0.5   # an investigation run
+    python benchmarks/quality.py --no-reader --tag raw   # every condition from the raw generator
 """
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ class QualityConfig:
     max_steps: int = 60
     batch_size: int = 2
     num_docs: int = 5
-    temperature: float = 1.0
+    temperature: Optional[float] = 1.0  # None: the library's default (0.05 for the embedded encoder)
+    reader: bool = True  # start from the shipped reader adapter; False: the raw embedded generator
     learning_rate: float = 2e-4
     question_encoder_lr: float = 5e-5
     generator_lr: float = 1e-3
@@ -88,7 +92,8 @@ def fresh_model(index, cfg: QualityConfig):
     from contextflow_core import RAGSequence
     from contextflow_core.config import RagConfig
 
-    return RAGSequence.from_defaults(index, config=RagConfig(num_docs=cfg.num_docs, temperature=cfg.temperature))
+    return RAGSequence.from_defaults(index, config=RagConfig(num_docs=cfg.num_docs, temperature=cfg.temperature),
+                                     reader=cfg.reader)
 
 
 def run_condition(condition: str, seed: int, index, data, test, cfg: QualityConfig) -> dict[str, Any]:
@@ -253,6 +258,8 @@ def main(argv=None) -> dict[str, Any]:
     ap.add_argument("--num-docs", type=int)
     ap.add_argument("--num-test", type=int)
     ap.add_argument("--decoding", choices=("thorough", "fast", "concat"))
+    ap.add_argument("--no-reader", dest="reader", action="store_false", default=None,
+                    help="start every condition from the raw embedded generator, not the reader adapter")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--replot", action="store_true", help="redraw the PNG from the saved JSON, train nothing")
     args = ap.parse_args(argv)
@@ -266,7 +273,7 @@ def main(argv=None) -> dict[str, Any]:
                  "conditions": tuple(args.conditions) if args.conditions else None,
                  "temperature": args.temperature, "question_encoder_lr": args.question_encoder_lr,
                  "generator_lr": args.generator_lr, "num_docs": args.num_docs, "num_test": args.num_test,
-                 "decoding": args.decoding, "num_entities": args.entities}
+                 "decoding": args.decoding, "num_entities": args.entities, "reader": args.reader}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     env = common.header(name, dataclasses.asdict(cfg))
     start = time.perf_counter()
