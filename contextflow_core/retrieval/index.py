@@ -162,6 +162,20 @@ class DocumentIndex:
         return cls.from_passages(passages, encoder, index_factory=index_factory, batch_size=batch_size,
                                  show_progress=show_progress, nprobe=nprobe)
 
+    @classmethod
+    def from_ray(cls, source: Any, encoder: Any, **kwargs: Any) -> "DocumentIndex":
+        """Build an index on a Ray cluster: `retrieval.ray_build.build_index_ray` (the ``ray`` extra).
+
+        Args:
+            source: A ray.data.Dataset, or JSONL / Parquet path(s), with ``id`` and ``text`` columns
+                (optional ``title``, ``metadata``).
+            encoder: A model path / hub id, or a zero-argument factory every Ray actor can import.
+            **kwargs: num_workers, batch_size, num_gpus_per_worker, index_factory, nprobe, encoder_name.
+        """
+        from contextflow_core.retrieval.ray_build import build_index_ray
+
+        return build_index_ray(source, encoder, **kwargs)
+
     # -- accessors ----------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._passages)

@@ -255,6 +255,24 @@ def _rng_files(rng_states: list[dict]) -> dict[str, bytes]:
     return {"rng.safetensors": safetensors.torch.save(tensors), "rng.json": _json_bytes(meta, "the RNG state")}
 
 
+def _weight_files(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, bytes]:
+    params = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    return {"model.safetensors": safetensors.torch.save(params),
+            "optimizer.safetensors": safetensors.torch.save(opt_tensors),
+            "optimizer.json": _json_bytes(opt_meta, "the optimizer state")}
+
+
+def _move_shards(source: Path, tmp: Path) -> dict[str, Any]:
+    """Move the shard files the processes wrote into `tmp`; their manifest entries."""
+    entries = {}
+    for path in sorted(source.iterdir()):
+        data = path.read_bytes()
+        entries[path.name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+        path.replace(tmp / path.name)
+    return entries
+
+
 def save_checkpoint(
     directory: PathLike,
     *,
@@ -267,6 +285,7 @@ def save_checkpoint(
     run_id: Optional[str] = None,
     identity: Optional[dict[str, Any]] = None,
     index: Any = None,
+    shards: Optional[tuple[Path, dict[str, Any]]] = None,
 ) -> Path:
     """Write a checkpoint folder atomically (see the module docstring for its files).
 
@@ -282,15 +301,14 @@ def save_checkpoint(
         identity: What the run's model and settings were (`training.resume.model_identity`).
         index: A refreshed DocumentIndex whose embeddings the checkpoint keeps (restored on
             resume into an index over the same passages), or None.
+        shards: FSDP runs (`training.fsdp`): (folder of the processes' shard files, the optimiser's
+            non-tensor state); the shards are moved in instead of model/optimizer.safetensors.
     """
-    params = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     sched = {"scheduler": scheduler.state_dict() if scheduler is not None else None,
              "scaler": scaler.state_dict() if scaler is not None else None}
     blobs = {
-        "model.safetensors": safetensors.torch.save(params),
-        "optimizer.safetensors": safetensors.torch.save(opt_tensors),
-        "optimizer.json": _json_bytes(opt_meta, "the optimizer state"),
+        **(_weight_files(model, optimizer) if shards is None
+           else {"optimizer.json": _json_bytes(shards[1], "the optimizer state")}),
         "scheduler.json": _json_bytes(sched, "the scheduler state"),
         **_rng_files(rng_states),
         "trainer_state.json": _json_bytes(trainer_state, "trainer_state"),
@@ -298,9 +316,11 @@ def save_checkpoint(
     }
     with atomic_dir(directory, kind=KIND) as tmp:
         files = {name: _write_file(tmp / name, data) for name, data in blobs.items()}
+        if shards is not None:
+            files.update(_move_shards(shards[0], tmp))
         manifest = {"format_version": FORMAT_VERSION, "kind": KIND, "global_step": trainer_state.get("global_step"),
                     "run_id": run_id, "saved_at": time.time(), "identity": identity,
-                    "fingerprint": model_fingerprint(model), "files": files}
+                    "fingerprint": model_fingerprint(model), "files": files, "sharded": shards is not None}
         _write_file(tmp / MANIFEST, _json_bytes(manifest, "the manifest"))
     return Path(directory)
 
@@ -358,10 +378,11 @@ def read_checkpoint(directory: PathLike, model: nn.Module) -> dict[str, Any]:
     check_fingerprint(directory, manifest["fingerprint"], model)
     blobs = _read_verified(directory, manifest)
     sched = json.loads(blobs["scheduler.json"])
+    sharded = bool(manifest.get("sharded"))
     return {
-        "params": safetensors.torch.load(blobs["model.safetensors"]),
-        "optimizer": _unflatten_optimizer(safetensors.torch.load(blobs["optimizer.safetensors"]),
-                                          json.loads(blobs["optimizer.json"])),
+        "params": None if sharded else safetensors.torch.load(blobs["model.safetensors"]),
+        "optimizer": json.loads(blobs["optimizer.json"]) if sharded else _unflatten_optimizer(
+            safetensors.torch.load(blobs["optimizer.safetensors"]), json.loads(blobs["optimizer.json"])),
         "scheduler": sched["scheduler"], "scaler": sched["scaler"],
         "rng_tensors": safetensors.torch.load(blobs["rng.safetensors"]),
         "rng_meta": json.loads(blobs["rng.json"]),
@@ -381,6 +402,14 @@ def _rng_for_rank(parsed: dict[str, Any], rank: int) -> Optional[dict[str, Any]]
     return {"tensors": tensors, "meta": parsed["rng_meta"][rank]}
 
 
+def _check_sharding(directory: Path, sharded: bool, model_sharded: bool) -> None:
+    if sharded != model_sharded:
+        raise ValueError(f"resume: checkpoint {directory} was written {'with' if sharded else 'without'} FSDP "
+                         f"sharding, but this run is {'' if model_sharded else 'not '}sharded; resume with the "
+                         "checkpoint's TrainConfig.fsdp, or turn a sharded checkpoint into a model with "
+                         "training.fsdp.consolidate_checkpoint")
+
+
 @torch.no_grad()
 def load_checkpoint(
     directory: PathLike,
@@ -392,6 +421,7 @@ def load_checkpoint(
     rank: int = 0,
     restore_rng: bool = True,
     retriever: Any = None,
+    read_shards: Any = None,
 ) -> dict[str, Any]:
     """Restore a checkpoint into `model` (and optimiser, scheduler, scaler, RNG); returns trainer_state.
 
@@ -404,16 +434,22 @@ def load_checkpoint(
         rank: This process's rank: selects its RNG state (rank 0's when absent).
         restore_rng: Also restore the RNG states.
         retriever: The model's Retriever: receives the checkpoint's refreshed index, if it holds one.
+        read_shards: For a sharded model (`training.fsdp`): called as ``read_shards(directory,
+            optimizer_json)`` by every process to load a sharded checkpoint's weights and optimiser.
 
     Raises:
         FileNotFoundError, ValueError: See `read_checkpoint`.
     """
     parsed = read_checkpoint(directory, model)
+    _check_sharding(Path(directory), parsed["params"] is None, read_shards is not None)
     if retriever is not None and parsed["index_embeddings"] is not None:
         _restore_index(Path(directory), parsed, retriever)
-    for name, p in trainable_parameters(model).items():
-        p.copy_(parsed["params"][name].to(device=p.device, dtype=p.dtype))
-    if optimizer is not None:
+    if read_shards is not None:
+        read_shards(Path(directory), parsed["optimizer"])
+    else:
+        for name, p in trainable_parameters(model).items():
+            p.copy_(parsed["params"][name].to(device=p.device, dtype=p.dtype))
+    if optimizer is not None and read_shards is None:
         optimizer.load_state_dict(parsed["optimizer"])
     if scheduler is not None and parsed["scheduler"] is not None:
         scheduler.load_state_dict(parsed["scheduler"])

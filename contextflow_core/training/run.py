@@ -17,8 +17,10 @@ import torch
 from contextflow_core.config import TrainConfig, to_dict
 from contextflow_core.evaluation.evaluate import evaluate
 from contextflow_core.training import checkpoint as ckpt
+from contextflow_core.training import fsdp
 from contextflow_core.training.optim import set_train_modes
 from contextflow_core.training.report import MetricsLog, TrainHistory
+from contextflow_core.training.trackers import log_record
 
 __all__ = ["TrainingRun", "log_train", "run_evaluation", "save_now", "summary"]
 
@@ -101,10 +103,11 @@ class TrainingRun:
         self.since_log = {"loss": 0.0, "steps": 0, "items": 0, "time": time.perf_counter()}
 
     def record(self, records: list, record: dict) -> None:
-        """Append `record` to the history list `records` and to metrics.jsonl."""
+        """Append `record` to the history list `records`, to metrics.jsonl and to the `report_to` trackers."""
         records.append(record)
         if self.log is not None:
             self.log.append(record)
+        log_record(self.accelerator, self.config, record)
 
 
 def _lrs(run: TrainingRun) -> dict[str, float]:
@@ -136,7 +139,8 @@ def run_evaluation(run: TrainingRun) -> None:
     if h.eval and h.eval[-1]["step"] == h.global_step:
         return  # already evaluated at this step
     metrics = evaluate(run.raw, run.val_data, num_docs=cfg.num_docs, generate=cfg.eval_generate,
-                       max_new_tokens=cfg.eval_max_new_tokens, decoding=cfg.eval_decoding, accelerator=run.accelerator)
+                       max_new_tokens=cfg.eval_max_new_tokens, decoding=cfg.eval_decoding,
+                       accelerator=None if fsdp.is_sharded(run.raw) else run.accelerator)  # FSDP: all, in step
     set_train_modes(run.raw)  # evaluate restores modes itself; re-assert the training ones
     run.record(h.eval, {"type": "eval", "step": h.global_step, "epoch": run.epoch_float, **metrics})
     if h.best_val_loss is None or metrics["loss"] < h.best_val_loss - cfg.early_stopping_min_delta:
@@ -176,12 +180,16 @@ def save_now(run: TrainingRun) -> None:
     if acc.num_processes > 1:
         rng = gather_object(rng)
     path = run.output_dir / ckpt.checkpoint_name(run.history.global_step)
+    shards = fsdp.stage_shards(run, path.name) if fsdp.is_sharded(run.raw) else None  # every process
     previous, run.history.last_checkpoint = run.history.last_checkpoint, str(path)
     if run.main:
         try:
             ckpt.save_checkpoint(path, model=run.raw, optimizer=run.optimizer, scheduler=run.scheduler,
                                  trainer_state=trainer_state(run), rng_states=rng, scaler=acc.scaler,
-                                 run_id=run.run_id, identity=run.identity, index=_refreshed_index(run))
+                                 run_id=run.run_id, identity=run.identity, index=_refreshed_index(run),
+                                 shards=shards)
+            if shards is not None:
+                shards[0].rmdir()
         except BaseException:
             run.history.last_checkpoint = previous
             raise

@@ -17,9 +17,11 @@ from torch.utils.data import DataLoader
 from contextflow_core.config import TrainConfig, from_dict, to_dict
 from contextflow_core.io_utils import atomic_write_text
 from contextflow_core.training import checkpoint as ckpt
+from contextflow_core.training import fsdp
 from contextflow_core.training.report import MetricsLog, TrainHistory
-from contextflow_core.training.resume import ResumePlan, check_collisions, check_resume, model_identity
+from contextflow_core.training.resume import ResumePlan, check_collisions, check_resume
 from contextflow_core.training.run import TrainingRun
+from contextflow_core.training.trackers import accelerator_kwargs
 from contextflow_core.types import Passage
 
 __all__ = ["as_dataloader", "begin_run", "check_answer_lengths", "check_inputs", "fits", "make_accelerator",
@@ -121,7 +123,8 @@ def make_accelerator(config: TrainConfig):
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     kwargs = dict(mixed_precision=config.mixed_precision, cpu=multi_cpu,
                   gradient_accumulation_steps=config.gradient_accumulation_steps,
-                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                  **accelerator_kwargs(config))  # TrainConfig.report_to: log_with and the trackers' folder
     try:
         return Accelerator(**kwargs)
     except ValueError as e:  # another Accelerator fixed a different mixed precision in this process
@@ -133,7 +136,8 @@ def make_accelerator(config: TrainConfig):
 
 def warn_stale_index(model, config: TrainConfig) -> None:
     """Warn (once per `train_rag` call) when the context encoder trains but the index is never refreshed."""
-    if getattr(model.config, "train_context_encoder", False) and not config.refresh_index_steps:
+    stored = getattr(model, "store", None) is not None  # over a store this is an error (store_rag)
+    if getattr(model.config, "train_context_encoder", False) and not config.refresh_index_steps and not stored:
         warnings.warn("train_rag: RagConfig(train_context_encoder=True) trains the context encoder, but "
                       "TrainConfig.refresh_index_steps is None: the index keeps the embeddings of the encoder "
                       "before training and goes stale (retrieval drifts from the trained encoder); set "
@@ -157,7 +161,7 @@ def begin_run(run: TrainingRun, plan: ResumePlan) -> None:
     """
     run.run_id = plan.run_id if plan.path is not None else _shared_run_id(run, plan.run_id)
     run.rag_config = run.restore["config"] if plan.rag_config is None else plan.rag_config  # before train-mode flags
-    run.identity = model_identity(run.raw)
+    run.identity = fsdp.identity(run.raw)  # model_identity (sharded: taken before sharding)
     check_resume(plan, run.raw, run.identity)
     check_collisions(run.output_dir, run.run_id, int(plan.trainer_state.get("global_step") or 0), run.total_steps)
     if plan.path is not None:
@@ -171,7 +175,7 @@ def _load(run: TrainingRun, path: Path) -> None:
     acc = run.accelerator
     state = ckpt.load_checkpoint(path, model=run.raw, optimizer=run.optimizer, scheduler=run.scheduler,
                                  scaler=acc.scaler, rank=acc.process_index,
-                                 retriever=getattr(run.raw, "retriever", None))
+                                 retriever=getattr(run.raw, "retriever", None), read_shards=fsdp.shard_reader(run))
     run.pos = dict(state["position"])
     run.history = TrainHistory.from_dict(state["history"])
     if run.history.stop_reason != "early_stopping":
