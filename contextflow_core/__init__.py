@@ -10,13 +10,18 @@ from contextflow_core.models import (
 from contextflow_core.prompts import PromptBuilder
 from contextflow_core.rag import RAGSequence
 from contextflow_core.rag_token import RAGToken
-from contextflow_core.retrieval import DocumentIndex, Retriever
+from contextflow_core.retrieval import (
+    DocumentIndex, InMemoryBackend, Retriever, StoreHits, StoreRows, VectorStoreBackend, check_embedding_space,
+    refresh_store,
+)
+from contextflow_core.serving import RequestBatcher
 from contextflow_core.types import Passage, RagAnswer, RagOutput, Retrieved
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DocumentIndex",
+    "InMemoryBackend",
     "Passage",
     "PromptBuilder",
     "PromptConfig",
@@ -25,12 +30,18 @@ __all__ = [
     "RagAnswer",
     "RagConfig",
     "RagOutput",
+    "RequestBatcher",
     "Retrieved",
     "Retriever",
+    "StoreHits",
+    "StoreRows",
     "TextEncoder",
+    "VectorStoreBackend",
     "__version__",
+    "check_embedding_space",
     "default_generator",
     "default_question_encoder",
     "load_encoder",
     "load_generator",
+    "refresh_store",
 ]

@@ -41,8 +41,11 @@ def _components(model: Optional[RAGSequence], encoder: Any, generator: Any, toke
 
 
 def build_rag(
-    passages: Sequence[Passage],
+    passages: Optional[Sequence[Passage]] = None,
     *,
+    store: Any = None,
+    title_key: str = "title",
+    store_check: bool = True,
     model: Optional[RAGSequence] = None,
     encoder: Any = None,
     generator: Any = None,
@@ -52,11 +55,15 @@ def build_rag(
     rag_config: Optional[RagConfig] = None,
     index_factory: str = "Flat",
 ) -> RAGSequence:
-    """A RAGSequence over `passages`, indexed with the (given, model's or default) question encoder.
+    """A RAGSequence over `passages` (indexed with the question encoder) or over a vector `store` as it is.
 
     Args:
         passages: The collection to index; their metadata is converted by
             `contextflow_core.metadata.json_metadata` (dates to ISO strings, tuples to lists, ...).
+        store: Instead of `passages`: a `VectorStoreBackend` to train and serve against in place
+            (nothing is copied or re-embedded; the encoder must be the one that embedded it).
+        title_key: With `store`: the metadata key holding passage titles.
+        store_check: With `store`: run the embedding-space check (see `RAGSequence`).
         model: Reuse this model's encoder, generator, prompt and config (its index is not used).
         encoder, generator, tokenizer: Parts to use instead; missing ones are the embedded defaults.
         num_docs: K; None: the config's, capped at the collection size.
@@ -67,6 +74,12 @@ def build_rag(
         ValueError: Metadata that JSON cannot hold (names the passage id and key), checked
             before any model is loaded; conflicting model arguments.
     """
+    if (passages is None) == (store is None):
+        raise ValueError("passages, store: expected exactly one (passages to index, or a store backend to use "
+                         f"in place), got {'both' if store is not None else 'neither'}")
+    if store is not None:
+        return _build_over_store(store, title_key, store_check, model, encoder, generator, tokenizer, num_docs,
+                                 prompt, rag_config)
     passages = json_safe_passages(passages)
     encoder, generator, tokenizer, model_prompt, model_config = _components(model, encoder, generator, tokenizer)
     index = DocumentIndex.from_passages(passages, encoder, index_factory=index_factory, show_progress=False)
@@ -74,3 +87,20 @@ def build_rag(
     k = num_docs if num_docs is not None else min(config.num_docs, len(index))
     return RAGSequence(encoder, index, tokenizer, generator, prompt=prompt or model_prompt, config=config,
                        num_docs=k)
+
+
+def _build_over_store(store, title_key, store_check, model, encoder, generator, tokenizer, num_docs, prompt,
+                      rag_config) -> RAGSequence:
+    """`build_rag` over a store backend: a store-backed Retriever, the same parts."""
+    from .retrieval import Retriever
+    from .retrieval.store import is_backend
+
+    if not is_backend(store):
+        raise ValueError(f"store: expected a vector-store backend (search(query_vectors, k), count(), dim, name; "
+                         f"see contextflow_core.retrieval.store), got {type(store).__name__}")
+    retriever = Retriever(store, title_key=title_key)  # bad title_key / dim refused before models load
+    encoder, generator, tokenizer, model_prompt, model_config = _components(model, encoder, generator, tokenizer)
+    config = rag_config or model_config or RagConfig()
+    k = num_docs if num_docs is not None else min(config.num_docs, len(retriever.index))
+    return RAGSequence(encoder, retriever, tokenizer, generator, prompt=prompt or model_prompt, config=config,
+                       num_docs=k, store_check=store_check)

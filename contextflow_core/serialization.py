@@ -8,6 +8,7 @@ Boundary: files. Layout of a saved model directory::
     generator/           full HF model, or only the LoRA adapter (+ tokenizer)
     generator_base/      the LoRA generator's base, only with save_pretrained(..., save_base=True)
     index/               DocumentIndex (FAISS file, passages JSONL, embeddings)
+    store.json           instead of index/ for a store-backed model: name, dim, title key (see `store_rag`)
 
 Saving goes through `io_utils.atomic_dir` with kind `artifacts.RAG`: a folder is
 created, filled when empty, or replaced only when it holds a saved RAG model and
@@ -29,6 +30,7 @@ from typing import Any, Optional, Union
 from .artifacts import RAG, check_manifest_paths, check_replaceable, label, manifest_kind, unlisted_files
 from .config import PromptConfig, RagConfig, from_dict, to_dict
 from .io_utils import atomic_dir, atomic_write_text, sha256_file
+from .store_rag import reattach, saved_store, write_store_description
 
 FORMAT = RAG
 FORMAT_VERSION = 1
@@ -111,7 +113,10 @@ def save_rag(model, directory: Union[str, Path], *, save_base: bool = False) -> 
         for folder, encoder in encoders.items():
             _save_encoder(encoder, tmp / folder)
         _save_generator(model.generator, model.generator_tokenizer, tmp, source)
-        model.index.save(tmp / "index")
+        if model.store is None:
+            model.index.save(tmp / "index")
+        else:  # the live client is never serialized: from_pretrained(dir, store=...) reattaches
+            write_store_description(model, tmp)
         config = {
             "rag": to_dict(model.config),
             "prompt": to_dict(model.prompt_config),
@@ -181,11 +186,14 @@ def verify_directory(directory: Union[str, Path]) -> dict[str, Any]:
 def _load_lora_generator(root: Path, source: dict[str, Any], base_override: Optional[str], **kwargs):
     """The pinned base (checked against its hash) with the saved adapter on top."""
     import torch
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
     from .models import default_generator, load_generator
     from .models.base_pin import EMBEDDED, check_base, embedded_reader, find_base
+    from .optional_deps import bitsandbytes_hidden, import_peft
+
+    import_peft("loading a LoRA generator")  # without bitsandbytes unless a 4/8-bit model loaded it
+    from peft import PeftModel
 
     where = find_base(root, source, base_override)
     quant = source.get("quantization")
@@ -199,7 +207,8 @@ def _load_lora_generator(root: Path, source: dict[str, Any], base_override: Opti
     if wanted is not None and saved is not None and wanted != saved:
         base = base.to(wanted)  # checked in the dtype it was saved in, then cast as asked
     tokenizer = AutoTokenizer.from_pretrained(root / "generator")
-    return PeftModel.from_pretrained(base, root / "generator", is_trainable=True), tokenizer
+    with bitsandbytes_hidden():  # does nothing when a 4/8-bit base has loaded bitsandbytes
+        return PeftModel.from_pretrained(base, root / "generator", is_trainable=True), tokenizer
 
 
 def _load_generator(root: Path, source: dict[str, Any], base_override: Optional[str] = None, **kwargs):
@@ -210,19 +219,22 @@ def _load_generator(root: Path, source: dict[str, Any], base_override: Optional[
     return _load_lora_generator(root, source, base_override, **kwargs)
 
 
-def load_rag(cls, directory: Union[str, Path], *, index=None, generator_base: Optional[str] = None,
-             **generator_kwargs):
+def load_rag(cls, directory: Union[str, Path], *, index=None, store=None, generator_base: Optional[str] = None,
+             store_check: bool = True, **generator_kwargs):
     """Rebuild a RAGSequence saved by `save_rag`.
 
     Args:
         cls: RAGSequence (or a subclass).
         directory: The saved folder; verified by `verify_directory` first.
-        index: Overrides the saved index.
+        index: Overrides the saved index (a DocumentIndex, Retriever or store backend).
+        store: The store backend (or a Retriever over it) of a model saved over a store; needed then.
+        store_check: Over a store, run the embedding-space check (`RAGSequence(store_check=)`).
         generator_base: For a LoRA generator, the base folder (or hub id) to use instead of the
             recorded one; its weights must still match the recorded hash.
         **generator_kwargs: Passed to `load_generator` (e.g. `dtype`, `device_map`).
     """
     from .retrieval import DocumentIndex, Retriever, StrategyConfig
+    from .retrieval.store import is_backend
 
     root = Path(directory)
     verify_directory(root)
@@ -230,14 +242,20 @@ def load_rag(cls, directory: Union[str, Path], *, index=None, generator_base: Op
     encoder = _load_encoder(root, config, "question_encoder")
     context = _load_encoder(root, config, "context_encoder") if "context_encoder" in config else None
     generator, tokenizer = _load_generator(root, config["generator"], generator_base, **generator_kwargs)
-    if index is None:
-        index = DocumentIndex.load(root / "index")
+    described = saved_store(root)
+    if index is not None and store is not None:
+        raise ValueError("index, store: expected one of them (what the model retrieves from), got both")
+    if described is not None and index is None:
+        index = reattach(root, described, store)
+    elif index is None:
+        index = store if store is not None else DocumentIndex.load(root / "index")
     strategy = from_dict(StrategyConfig, config.get("retrieval_strategy", {}))
-    retriever = index if isinstance(index, Retriever) else Retriever(index, strategy=strategy)
+    title = {"title_key": described.get("title_key", "title")} if described and is_backend(index) else {}
+    retriever = index if isinstance(index, Retriever) else Retriever(index, strategy=strategy, **title)
     return cls(
         question_encoder=encoder, retriever=retriever, generator_tokenizer=tokenizer, generator=generator,
         prompt=from_dict(PromptConfig, config["prompt"]), config=from_dict(RagConfig, config["rag"]),
-        context_encoder=context,
+        context_encoder=context, store_check=store_check,
     )
 
 
@@ -248,8 +266,10 @@ def _load_encoder(root: Path, config: dict, folder: str):
     encoder = load_encoder(str(root / folder), pooling=cfg["pooling"], normalize=cfg["normalize"],
                            max_length=cfg["max_length"])
     if cfg.get("lora"):
-        from peft import PeftModel
+        from .optional_deps import bitsandbytes_hidden, import_peft
 
-        encoder.model = PeftModel.from_pretrained(encoder.model, root / folder / ADAPTER, is_trainable=True)
+        peft = import_peft("loading a LoRA question encoder")
+        with bitsandbytes_hidden():
+            encoder.model = peft.PeftModel.from_pretrained(encoder.model, root / folder / ADAPTER, is_trainable=True)
     encoder.name = cfg["name"]
     return encoder

@@ -1,8 +1,9 @@
-"""Retriever: a DocumentIndex plus the question encoder that queries it.
+"""Retriever: a DocumentIndex (or a vector-store backend) plus the question encoder that queries it.
 
 Boundary: turns questions into top-K passages (via `encoder.encode` and
-`DocumentIndex.search`). It knows nothing of prompts or generators; the model
-recomputes differentiable scores itself from `Retrieved.embeddings`.
+`DocumentIndex.search`, or a `VectorStoreBackend` through its `StoreIndex` view).
+It knows nothing of prompts or generators; the model recomputes differentiable
+scores itself from `Retrieved.embeddings`.
 
 Shapes: B questions, K passages each, D embedding size.
 """
@@ -13,6 +14,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from contextflow_core.retrieval.index import ArrayLike, DocumentIndex
+from contextflow_core.retrieval.store import is_backend
+from contextflow_core.retrieval.store_index import StoreIndex, check_store_strategy, select_from_store
 from contextflow_core.retrieval.strategies import StrategyConfig, select
 from contextflow_core.types import Retrieved
 
@@ -24,14 +27,17 @@ def _check_k(k: Any, arg: str = "k") -> int:
 
 
 class Retriever:
-    """Query-time wrapper of a `DocumentIndex`.
+    """Query-time wrapper of a `DocumentIndex` or of a `VectorStoreBackend`.
 
     Args:
-        index: The passages to search.
+        index: The passages to search: a DocumentIndex, or a store backend
+            (`contextflow_core.retrieval.store`), searched through a `StoreIndex` view.
         encoder: Question encoder with `encode(texts) -> (B, D)`; needed by
             `retrieve`, not by `search`.
         k: Default number of passages per question.
-        strategy: A `StrategyConfig` or a strategy name ("dense", "pool", "hybrid", "mmr").
+        strategy: A `StrategyConfig` or a strategy name ("dense", "pool", "hybrid", "mmr");
+            over a store "hybrid" is refused (it needs the whole corpus).
+        title_key: Over a store, the metadata key holding the passage title.
 
     Example:
         >>> retriever = Retriever(index, question_encoder, k=3)  # doctest: +SKIP
@@ -39,25 +45,39 @@ class Retriever:
         [['3', '1', '0']]
     """
 
-    def __init__(self, index: DocumentIndex, encoder: Any = None, *, k: int = 5,
-                 strategy: Any = "dense") -> None:
-        if not isinstance(index, DocumentIndex):
-            raise ValueError(f"index: expected a DocumentIndex, got {type(index).__name__}")
+    def __init__(self, index: Any, encoder: Any = None, *, k: int = 5,
+                 strategy: Any = "dense", title_key: str = "title") -> None:
+        if is_backend(index):
+            index = StoreIndex(index, title_key)
+        elif not isinstance(index, (DocumentIndex, StoreIndex)):
+            raise ValueError(f"index: expected a DocumentIndex or a vector-store backend (search(query_vectors, k), "
+                             f"count(), dim, name; see contextflow_core.retrieval.store), got {type(index).__name__}")
+        elif title_key != "title":
+            raise ValueError(f"title_key: only a store-backed retriever reads titles from metadata, got "
+                             f"{title_key!r} with a {type(index).__name__}; drop title_key")
         enc_dim = getattr(encoder, "dim", None)
         if isinstance(enc_dim, int) and enc_dim != index.dim:
-            raise ValueError(f"encoder: expected embeddings of dimension {index.dim} (the index's), "
+            raise ValueError(f"encoder: expected embeddings of dimension {index.dim} (the "
+                             f"{'store' if isinstance(index, StoreIndex) else 'index'}'s), "
                              f"got an encoder of dimension {enc_dim}")
         self._index = index
         self._encoder = encoder
         self.k = _check_k(k)
         self.strategy = strategy if isinstance(strategy, StrategyConfig) else StrategyConfig(name=strategy)
+        if isinstance(index, StoreIndex):
+            check_store_strategy(self.strategy.name, index.name)
         self._bm25 = None
         self._bm25_version = None
 
     @property
-    def index(self) -> DocumentIndex:
-        """The wrapped DocumentIndex."""
+    def index(self) -> Any:
+        """The wrapped DocumentIndex, or the `StoreIndex` view of a store backend."""
         return self._index
+
+    @property
+    def store(self) -> Any:
+        """The store backend searched (None over a DocumentIndex)."""
+        return self._index.backend if isinstance(self._index, StoreIndex) else None
 
     @property
     def encoder(self) -> Any:
@@ -83,6 +103,9 @@ class Retriever:
 
     def set_index(self, index: DocumentIndex) -> None:
         """Replace the index (same dimension), e.g. after a refresh; derived structures rebuild."""
+        if isinstance(self._index, StoreIndex):
+            raise ValueError(f"index: this retriever searches the store {self._index.name!r}; refresh the store "
+                             "in place (contextflow_core.retrieval.store_refresh) instead of swapping an index")
         if not isinstance(index, DocumentIndex) or index.dim != self._index.dim:
             raise ValueError(f"index: expected a DocumentIndex of dimension {self._index.dim}, "
                              f"got {type(index).__name__} of dimension {getattr(index, 'dim', None)}")
@@ -93,6 +116,8 @@ class Retriever:
         """The k passages per question chosen by `self.strategy` (the model re-scores them with gradient)."""
         queries = np.asarray(query_embeddings.detach().cpu() if hasattr(query_embeddings, "detach")
                              else query_embeddings, dtype=np.float32)
+        if isinstance(self._index, StoreIndex):
+            return select_from_store(self._index, questions, queries, _check_k(k), self.strategy)
         return select(self._index, questions, queries, _check_k(k), self.strategy, self._lexical())
 
     def _lexical(self):
@@ -111,18 +136,19 @@ class Retriever:
 
 
 def as_retriever(obj: Any, encoder: Any = None, *, k: int = 5) -> Retriever:
-    """`obj` as a Retriever: a Retriever is returned as is, a DocumentIndex is wrapped.
+    """`obj` as a Retriever: a Retriever is returned as is, a DocumentIndex or a store backend is wrapped.
 
     Args:
-        obj: A Retriever or a DocumentIndex.
+        obj: A Retriever, a DocumentIndex or a `VectorStoreBackend`.
         encoder: Question encoder for a wrapped DocumentIndex (ignored for a Retriever
             that has one; set on one that has none).
         k: Default k for a wrapped DocumentIndex.
     """
     if isinstance(obj, Retriever):
         if obj.encoder is None and encoder is not None:
-            return Retriever(obj.index, encoder, k=obj.k)
+            return Retriever(obj.index, encoder, k=obj.k, strategy=obj.strategy)
         return obj
-    if isinstance(obj, DocumentIndex):
+    if isinstance(obj, DocumentIndex) or is_backend(obj):
         return Retriever(obj, encoder, k=k)
-    raise TypeError(f"retriever: expected a Retriever or a DocumentIndex, got {type(obj).__name__}")
+    raise TypeError(f"retriever: expected a Retriever or a DocumentIndex (or a vector-store backend, see "
+                    f"contextflow_core.retrieval.store), got {type(obj).__name__}")
