@@ -5,7 +5,11 @@ Thin wrappers: conversion to and from LangChain types, delegation to `contextflo
 - `ContextFlowRetriever`: the trained question encoder + index as a `BaseRetriever`.
 - `ChatContextFlow` / `ContextFlowLLM`: the generator alone as a chat model / LLM.
 - `ContextFlowRAG`: RAG-Sequence answers as a Runnable (question -> answer + source documents).
-- `finetune_from_vectorstore`: export a vector store, train jointly, get all of the above back.
+- `finetune_from_vectorstore`: export a vector store, train jointly, get all of the above back
+  (``mode="in_place"``: train against the store as it is, no copy).
+- `ContextFlowEmbeddings`: the trained query side (documents: the frozen passage encoder) for
+  the store's own ``as_retriever()``.
+- `backend_from_vectorstore`: a LangChain store as a ContextFlow store backend.
 - `export_documents` / `register_exporter`: documents and ids out of a vector store.
 
 Names are imported on first use, so ``import contextflow_integrations.langchain`` is
@@ -35,6 +39,8 @@ _EXPORTS = {
     "FinetuneResult": "finetune",
     "finetune_from_vectorstore": "finetune",
     "rag_from_vectorstore": "finetune",
+    "ContextFlowEmbeddings": "embeddings",
+    "backend_from_vectorstore": "store_backend",
 }
 
 __all__ = sorted(_EXPORTS)

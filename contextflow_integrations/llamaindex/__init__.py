@@ -7,6 +7,9 @@ Thin wrappers (conversion + delegation) over `contextflow_core`:
     ContextFlowLLM          the generator alone as a `CustomLLM`.
     finetune_from_index     pull the nodes of a LlamaIndex index, train jointly, get the above back.
     to_vector_store_index   the ContextFlow index back as a LlamaIndex `VectorStoreIndex`.
+    ContextFlowEmbedding    queries by the trained question encoder, texts by the passage encoder.
+    backend_from_index      a LlamaIndex index / vector store as a ContextFlow store backend
+                            (what finetune_from_index(..., mode="in_place") trains against).
 
 LlamaIndex is imported on first use of a name, so importing this package (or
 `contextflow_core`) never needs it.
@@ -32,6 +35,7 @@ _EXPORTS = {
     "nodes_from_index": "export",
     "passage_to_node": "export",
     "to_vector_store_index": "export",
+    "backend_from_index": "store_backend",
 }
 
 __all__ = sorted(_EXPORTS)

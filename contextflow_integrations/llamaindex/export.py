@@ -278,44 +278,65 @@ def nodes_from_index(index_or_vector_store: Any) -> list[BaseNode]:
 
 # ----------------------------------------------------------------------------- export
 class ContextFlowEmbedding(BaseEmbedding):
-    """A ContextFlow question encoder as a LlamaIndex embedding model.
+    """A ContextFlow model's encoders as a LlamaIndex embedding model (asymmetric when given two).
 
-    Queries and texts are both embedded by the question encoder (inner-product
-    space of the DocumentIndex); the stored passage embeddings of an exported
-    index keep the vectors they were indexed with.
+    Queries are embedded by `encoder` (the trained question encoder); texts (nodes
+    being indexed) by `passage_encoder`, the frozen encoder that produced the stored
+    vectors, so ``VectorStoreIndex.from_vector_store(store, embed_model=...)`` (or
+    ``index.as_retriever(embed_model=...)``) on the **unchanged** store ranks with the
+    trained question side, and nodes inserted later land in the stored vectors' space.
+    With one encoder (the old constructor) both sides use it.
 
     Args:
-        encoder: Anything with `encode(texts) -> (N, D)` (a `TextEncoder`, or a
+        encoder: Query side: anything with `encode(texts) -> (N, D)` (a `TextEncoder`, or a
             RAGSequence's `question_encoder`).
+        passage_encoder: Text side; None: `encoder` (one shared space).
+        **kwargs: `BaseEmbedding` fields (model_name, embed_batch_size, ...).
+
+    Example:
+        >>> embed = ContextFlowEmbedding.from_rag(model)  # doctest: +SKIP
+        >>> index.as_retriever(embed_model=embed).retrieve("Who founded Tarsk?")  # doctest: +SKIP
     """
 
     _encoder: Any = PrivateAttr()
+    _passage_encoder: Any = PrivateAttr()
 
-    def __init__(self, encoder: Any, **kwargs: Any) -> None:
-        if not hasattr(encoder, "encode"):
-            raise ValueError(f"encoder: expected an encoder with encode(texts), got {type(encoder).__name__}")
+    def __init__(self, encoder: Any, passage_encoder: Any = None, **kwargs: Any) -> None:
+        passage_encoder = encoder if passage_encoder is None else passage_encoder
+        for arg, value in (("encoder", encoder), ("passage_encoder", passage_encoder)):
+            if not hasattr(value, "encode"):
+                raise ValueError(f"{arg}: expected an encoder with encode(texts), got {type(value).__name__}")
+        dims = (getattr(encoder, "dim", None), getattr(passage_encoder, "dim", None))
+        if all(isinstance(d, int) for d in dims) and dims[0] != dims[1]:
+            raise ValueError(f"passage_encoder: expected dimension {dims[0]} (the encoder's), got {dims[1]}")
         kwargs.setdefault("model_name", str(getattr(encoder, "name", None) or type(encoder).__name__))
         super().__init__(**kwargs)
         self._encoder = encoder
+        self._passage_encoder = passage_encoder
+
+    @classmethod
+    def from_rag(cls, model: Any, **kwargs: Any) -> "ContextFlowEmbedding":
+        """Queries by the model's question encoder, texts by its (frozen) context encoder."""
+        if not hasattr(model, "question_encoder"):
+            raise ValueError(f"model: expected a RAGSequence, got {type(model).__name__}")
+        return cls(model.question_encoder, getattr(model, "context_encoder", None), **kwargs)
 
     @classmethod
     def class_name(cls) -> str:
+        """LlamaIndex's serialization name."""
         return "ContextFlowEmbedding"
 
-    def _embed(self, texts: Sequence[str]) -> list[list[float]]:
-        return self._encoder.encode(list(texts)).float().tolist()
-
     def _get_query_embedding(self, query: str) -> list[float]:
-        return self._embed([query])[0]
+        return self._encoder.encode([query]).float()[0].tolist()
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return self._get_query_embedding(query)
 
     def _get_text_embedding(self, text: str) -> list[float]:
-        return self._embed([text])[0]
+        return self._get_text_embeddings([text])[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._embed(texts)
+        return self._passage_encoder.encode(list(texts)).float().tolist()
 
 
 def to_vector_store_index(model: Any, *, storage_context: Any = None, show_progress: bool = False):
@@ -323,8 +344,9 @@ def to_vector_store_index(model: Any, *, storage_context: Any = None, show_progr
 
     Every passage becomes a `TextNode` (same id, text, metadata) carrying its stored
     embedding, so nothing is re-embedded; the index's `embed_model` is a
-    `ContextFlowEmbedding` of the question encoder, so `index.as_retriever()`
-    embeds queries with the trained encoder. Note that LlamaIndex's
+    `ContextFlowEmbedding` of the question encoder (queries) and the context encoder
+    (nodes inserted later), so `index.as_retriever()` embeds queries with the trained
+    encoder. Note that LlamaIndex's
     `SimpleVectorStore` ranks by cosine similarity, the DocumentIndex by inner
     product: rankings agree when the encoder normalises its embeddings.
 
@@ -344,5 +366,6 @@ def to_vector_store_index(model: Any, *, storage_context: Any = None, show_progr
                          f"got {type(model).__name__}")
     vectors = index.embeddings.tolist()
     nodes = [passage_to_node(p, embedding=v) for p, v in zip(index.passages, vectors)]
-    return VectorStoreIndex(nodes, embed_model=ContextFlowEmbedding(encoder), storage_context=storage_context,
+    embed_model = ContextFlowEmbedding(encoder, getattr(model, "context_encoder", None))
+    return VectorStoreIndex(nodes, embed_model=embed_model, storage_context=storage_context,
                             show_progress=show_progress)
