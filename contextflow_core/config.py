@@ -167,7 +167,11 @@ def from_dict(cls, data: dict[str, Any]):
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 RESUME_MISMATCH = ("error", "checkpoint", "current")  # behaviour in training/resume.py
+FSDP_MODES = ("full_shard", "shard_grad_op")  # reshard after forward or not: training/fsdp.py
 _UNSUPPORTED_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+#: accelerate's experiment trackers (`TrainConfig.report_to`); training/trackers.py holds their packages.
+TRACKERS = ("aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "tensorboard", "trackio", "wandb")
+TRACKERS_WITH_FILES = ("aim", "tensorboard")  # they write under output_dir, so they need one
 
 
 @dataclass
@@ -235,6 +239,20 @@ class TrainConfig:
             rebuild the index every this many optimiser steps; None: never.
         refresh_in_background: Rebuild in a thread while training goes on with the old
             index; the new one is swapped in at the first step boundary after it is ready.
+        report_to: Experiment trackers (accelerate's) that receive the same train and eval
+            records as metrics.jsonl: names from `TRACKERS` ("tensorboard", "wandb",
+            "mlflow", ...), a single name, or None / [] / "none" for none (the resolved
+            value is always a list). "tensorboard" and "aim" write under
+            `output_dir/trackers`; a tracker whose package is missing is refused before
+            training, with its pip command.
+        fsdp: Shard the generator and the question encoder with FSDP2 (torch `fully_shard`)
+            across the processes of a distributed launch (`torchrun` / `accelerate launch`):
+            "full_shard" (parameters re-sharded after each forward, ZeRO-3-like) or
+            "shard_grad_op" (kept gathered until the backward, ZeRO-2-like); None: no
+            sharding (DDP when several processes). Checkpoints are then sharded
+            (see `training.fsdp`). Not with fp16 or `refresh_index_steps`.
+        fsdp_wrap_classes: Layer class names that become their own FSDP unit (e.g.
+            ["LlamaDecoderLayer", "BertLayer"]); None: each model's `_no_split_modules`.
     """
 
     num_epochs: int = 3
@@ -277,12 +295,16 @@ class TrainConfig:
     objective: Optional[str] = None
     refresh_index_steps: Optional[int] = None
     refresh_in_background: bool = True
+    report_to: Optional[list[str]] = None
+    fsdp: Optional[str] = None
+    fsdp_wrap_classes: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
         self._check_numbers()
         self._resolve_train_mode()
         self._check_choices()
         self._check_contradictions()
+        self._check_report_to()
 
     def _resolve_train_mode(self) -> None:
         """Fill train_mode=None from the objective, checking an explicit one against it."""
@@ -324,8 +346,31 @@ class TrainConfig:
         _check(isinstance(self.seed, int) and not isinstance(self.seed, bool),
                f"seed must be an integer, got {self.seed!r}")
 
+    def _check_report_to(self) -> None:
+        """Resolve `report_to` to a list of known tracker names (refusing unknown ones by name)."""
+        value = self.report_to
+        names = [] if value is None else [value] if isinstance(value, str) else value
+        _check(isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names),
+               f"report_to must be a tracker name, a list of them, 'none' or None, got {value!r}")
+        names = list(dict.fromkeys(names))
+        if "none" in names:
+            _check(names == ["none"], f"report_to: 'none' turns tracking off, so it cannot be listed with "
+                   f"other trackers, got {value!r}; keep 'none' or the tracker names")
+            names = []
+        unknown = [n for n in names if n not in TRACKERS]
+        _check(not unknown, f"report_to: unknown tracker(s) {unknown}; expected names from {TRACKERS} "
+               f"(accelerate's trackers) or 'none', got {value!r}")
+        need_dir = [n for n in names if n in TRACKERS_WITH_FILES]
+        _check(not need_dir or self.output_dir is not None,
+               f"report_to: {need_dir} write(s) event files under output_dir, got output_dir=None; "
+               "set output_dir or drop them from report_to")
+        self.report_to = names
+
     def _check_choices(self) -> None:
-        from transformers import SchedulerType
+        from .optional_deps import bitsandbytes_hidden
+
+        with bitsandbytes_hidden():  # transformers' trainer_utils imports peft, and peft bitsandbytes
+            from transformers import SchedulerType
 
         _check(self.mixed_precision in MIXED_PRECISIONS,
                f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
@@ -358,6 +403,25 @@ class TrainConfig:
         _check(self.early_stopping_patience is None or self.eval_steps is not None or self.eval_on_epoch_end,
                f"early_stopping_patience={self.early_stopping_patience!r} needs evaluations; "
                "set eval_steps or eval_on_epoch_end=True")
+        self._check_fsdp()
+
+    def _check_fsdp(self) -> None:
+        _check(self.fsdp is None or self.fsdp in FSDP_MODES,
+               f"fsdp must be one of {FSDP_MODES} or None, got {self.fsdp!r}")
+        names = self.fsdp_wrap_classes
+        _check(names is None or (isinstance(names, (list, tuple)) and len(names) > 0
+                                 and all(isinstance(n, str) and n for n in names)),
+               f"fsdp_wrap_classes must be a non-empty list of module class names or None, got {names!r}")
+        _check(names is None or self.fsdp is not None,
+               f"fsdp_wrap_classes={names!r} is set but fsdp=None shards nothing; set fsdp='full_shard'")
+        self.fsdp_wrap_classes = None if names is None else list(names)
+        if self.fsdp is not None:
+            _check(self.mixed_precision != "fp16", "fsdp does not support mixed_precision='fp16' "
+                   "(no sharded gradient scaler here); use mixed_precision='bf16' or 'no'")
+            _check(self.refresh_index_steps is None,
+                   f"fsdp={self.fsdp!r} with refresh_index_steps={self.refresh_index_steps!r}: the index "
+                   "refresh encodes passages with the sharded encoder outside the training step; "
+                   "set refresh_index_steps=None (refresh after training) or fsdp=None")
 
     @property
     def lr_question_encoder(self) -> float:

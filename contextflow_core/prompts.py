@@ -97,6 +97,7 @@ class PromptBuilder:
 
     @property
     def max_length(self) -> int:
+        """Token budget of prompt + answer: `PromptConfig.max_length`, else the tokenizer's, capped at 2048."""
         if self.config.max_length is not None:
             return self.config.max_length
         limit = getattr(self.tokenizer, "model_max_length", None) or _DEFAULT_MAX_LENGTH
@@ -104,12 +105,14 @@ class PromptBuilder:
 
     # -- text ---------------------------------------------------------------
     def render_passage(self, passage: PassageLike) -> str:
+        """One passage as text: `passage_format` (or `passage_format_untitled` when it has no title)."""
         p = _as_passage(passage)
         if p.title:
             return self.config.passage_format.format(title=p.title, text=p.text)
         return self.config.passage_format_untitled.format(text=p.text)
 
     def render_passages(self, passages: Sequence[PassageLike]) -> str:
+        """Several passages as one text, joined by `passage_separator` ("concat" prompts)."""
         return self.config.passage_separator.join(self.render_passage(p) for p in passages)
 
     # -- pieces: template text and user text, kept apart ---------------------

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 
 def _lora_config(task_type, r: int, alpha: int, dropout: float, target_modules):
-    from peft import LoraConfig
+    from peft import LoraConfig  # imported by add_lora, without bitsandbytes unless a 4/8-bit model loaded it
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                       task_type=task_type, bias="none")
@@ -56,18 +56,24 @@ def add_lora(
     Returns:
         The same model, for chaining.
     """
+    from contextflow_core.optional_deps import bitsandbytes_hidden, import_peft
+
+    import_peft("add_lora")
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if r <= 0:
         raise ValueError(f"r: expected a positive LoRA rank, got {r!r}")
-    if generator and not hasattr(model.generator, "peft_config"):
-        gen = model.generator
-        if getattr(gen, "is_loaded_in_4bit", False) or getattr(gen, "is_loaded_in_8bit", False):
-            _keep_4bit_trainable(gen)
-            gen = prepare_model_for_kbit_training(gen, use_gradient_checkpointing=model.config.gradient_checkpointing)
-        model.generator = get_peft_model(gen, _lora_config("CAUSAL_LM", r, alpha, dropout, generator_targets))
-    if question_encoder and not hasattr(model.question_encoder.model, "peft_config"):
-        targets = encoder_targets or ["query", "value"]
-        body = model.question_encoder.model
-        model.question_encoder.model = get_peft_model(body, _lora_config(None, r, alpha, dropout, list(targets)))
+    # peft probes bitsandbytes while wrapping; a full-precision model never needs it (a 4/8-bit one has it loaded)
+    with bitsandbytes_hidden():
+        if generator and not hasattr(model.generator, "peft_config"):
+            gen = model.generator
+            if getattr(gen, "is_loaded_in_4bit", False) or getattr(gen, "is_loaded_in_8bit", False):
+                _keep_4bit_trainable(gen)
+                gen = prepare_model_for_kbit_training(
+                    gen, use_gradient_checkpointing=model.config.gradient_checkpointing)
+            model.generator = get_peft_model(gen, _lora_config("CAUSAL_LM", r, alpha, dropout, generator_targets))
+        if question_encoder and not hasattr(model.question_encoder.model, "peft_config"):
+            targets = encoder_targets or ["query", "value"]
+            body = model.question_encoder.model
+            model.question_encoder.model = get_peft_model(body, _lora_config(None, r, alpha, dropout, list(targets)))
     return model

@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader
 from contextflow_core.config import TrainConfig
 from contextflow_core.retrieval.checks import NonFiniteEmbeddings
 from contextflow_core.retrieval.refresh import IndexRefreshError
+from contextflow_core.store_rag import check_store_training
+from contextflow_core.training import fsdp
 from contextflow_core.training.data import normalize_batch
 from contextflow_core.training.optim import (
     apply_train_mode, build_optimizer, build_scheduler, capture_flags, restore_flags, set_train_modes,
@@ -43,6 +45,7 @@ from contextflow_core.training.setup import (
     as_dataloader, begin_run, check_answer_lengths, check_inputs, fits, make_accelerator, open_records,
     resolve_config, warn_stale_index,
 )
+from contextflow_core.training.trackers import check_trackers, end_trackers, start_trackers
 
 __all__ = ["train_rag"]
 
@@ -100,6 +103,7 @@ def _setup(model, train_data, val_data, config: TrainConfig) -> TrainingRun:
     loader = as_dataloader(train_data, "train_dataloader")
     plan = plan_resume(model, config)  # which checkpoint, which settings win (refusals come after the train mode)
     config = plan.config
+    check_trackers(config)  # a report_to tracker that is not installed: refused before anything trains
     set_seed(config.seed)
     check_answer_lengths(model, loader)
     restore = capture_flags(model)  # config, module modes, requires_grad: all put back after the run
@@ -108,6 +112,7 @@ def _setup(model, train_data, val_data, config: TrainConfig) -> TrainingRun:
     warn_stale_index(model, config)
     apply_train_mode(model, config)
     try:
+        check_store_training(model, config)  # over a vector store: refresh needs and refusals (store_rag)
         return _prepare(model, loader, val_data, config, restore, plan)
     except BaseException:
         restore_flags(model, restore)
@@ -122,18 +127,19 @@ def _prepare(model, loader: DataLoader, val_data, config: TrainConfig, restore: 
     per_epoch = math.ceil(len(loader) / config.gradient_accumulation_steps)
     total = per_epoch * config.num_epochs
     total = total if config.max_steps is None else min(total, config.max_steps)
+    sharded = fsdp.shard_model(model, config, accelerator)  # TrainConfig.fsdp: in place, before the optimiser
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total * accelerator.num_processes)  # stepped once per process
-    wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    wrapped, optimizer, scheduler = fsdp.prepare(accelerator, model, optimizer, scheduler, sharded)
     run = TrainingRun(config, accelerator, wrapped, model, optimizer, scheduler, loader,
                       sampler if hasattr(sampler, "set_epoch") else None, val_data, len(loader), total, restore)
-    if config.refresh_index_steps:
-        from contextflow_core.retrieval.refresh import IndexRefresher
+    if config.refresh_index_steps:  # a DocumentIndex rebuild, or an in-place store refresh (store_rag)
+        from contextflow_core.store_rag import make_refresher
 
-        run.refresher = IndexRefresher(model.retriever, model.context_encoder,
-                                       background=config.refresh_in_background)
+        run.refresher = make_refresher(model, config)
     begin_run(run, plan)
     open_records(run)
+    start_trackers(accelerator, config, run.run_id)
     set_train_modes(model)  # trained sides train(), frozen sides eval()
     run.reset_since_log()
     return run
@@ -306,6 +312,7 @@ def _cleanup(run: TrainingRun, completed: bool) -> None:
         with contextlib.suppress(IndexRefreshError):  # training already failed: its own error propagates
             _refresh_index(run, start=False, wait=True)
     restore_flags(run.raw, run.restore)
+    end_trackers(run.accelerator, run.config)  # flush event files, also after a failure
     run.accelerator.free_memory()
     if not (completed and run.main):
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from contextflow_core.config import MODE_SIDES, OBJECTIVE_TRAIN_MODES, TrainConfig
 from contextflow_core.modes import restore_modes, restore_requires_grad, snapshot_modes, snapshot_requires_grad
+from contextflow_core.optional_deps import import_peft
 
 SIDES = ("question_encoder", "generator")
 
@@ -45,6 +47,8 @@ def _is_peft(module: nn.Module) -> bool:
 
 def _tuner_layers(module: nn.Module) -> list[nn.Module]:
     """The peft adapter layers (LoRA, ...) and modules-to-save wrappers inside `module`."""
+    if "peft" not in sys.modules:  # no peft layer can exist before peft is imported: do not import it here
+        return []
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer
         from peft.utils import ModulesToSaveWrapper
@@ -83,10 +87,7 @@ def maybe_add_lora(model: nn.Module, config: TrainConfig) -> None:
         return
     from contextflow_core.models.peft_utils import add_lora
 
-    try:
-        import peft  # noqa: F401
-    except ImportError as e:  # pragma: no cover - peft is an extra
-        raise ImportError("generator_lora=True needs peft: pip install 'contextflow[peft]'") from e
+    import_peft("generator_lora=True")
     add_lora(model, generator=True, question_encoder=False, r=config.lora_r, alpha=config.lora_alpha,
              dropout=config.lora_dropout, generator_targets=config.lora_target_modules)
 
@@ -195,7 +196,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, num_training_steps: int):
     """`transformers.get_scheduler(config.scheduler)` with ceil(warmup_ratio * steps) warm-up steps."""
-    from transformers import get_scheduler
+    from contextflow_core.optional_deps import bitsandbytes_hidden
+
+    with bitsandbytes_hidden():  # transformers.optimization imports peft, and peft bitsandbytes
+        from transformers import get_scheduler
 
     warmup = math.ceil(config.warmup_ratio * num_training_steps)
     return get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup,

@@ -66,6 +66,7 @@ class TrainHistory:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainHistory":
+        """The history `to_dict` wrote."""
         return cls(**dict(data))
 
 
