@@ -2,8 +2,8 @@
 
 No standard test is overridden. Tests the suites skip by themselves, from the
 capability flags below: tool calling and structured output (`bind_tools` and
-`with_structured_output` are not implemented: a local generator has no tool-call
-format), image/audio/PDF inputs (text-only generator), and the VCR/model-override
+`with_structured_output` raise NotImplementedError naming what to use instead: a local
+generator has no tool-call format), image/audio/PDF inputs (text-only generator), and the VCR/model-override
 tests (no HTTP, one local model per instance).
 
 The suites' async tests carry no asyncio mark and the project runs pytest-asyncio in
@@ -80,6 +80,16 @@ class _ChatParams:
     @property
     def supports_model_override(self) -> bool:
         return False  # one local generator per instance; `model=` must name it
+
+    # bind_tools / with_structured_output are defined only to refuse with a message saying
+    # what to use instead, so the suites' default detection (overridden -> supported) is wrong.
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False
 
 
 @async_suite[0]
