@@ -38,12 +38,12 @@ Shapes: B questions, K passages, R returned sequences per prompt, C candidates.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
+from .kv_cache import PromptCache, kv_reuse_fallback, score_with_cache
 from .loss import posterior_doc_probs, rag_token_nll
-from .scoring import score_sequences
 from .types import Passage, RagAnswer
 from .validation import RAG_RESERVED, as_int, check_generate_kwargs
 
@@ -66,11 +66,12 @@ def _first_eos_cut(model, new: torch.Tensor) -> list[list[int]]:
     return [row[:n] for row, n in zip(new.tolist(), lengths)]
 
 
-def _run_generate(model, encoded, max_new_tokens: int, **kwargs) -> list[str]:
+def _run_generate(model, encoded, max_new_tokens: int, cache: Optional[PromptCache], **kwargs) -> list[str]:
     """Generate R continuations per prompt: their texts (N*R), decoded without special tokens and stripped.
 
     Only the text is kept: every mode scores the returned text by teacher forcing
     (`_score_encoded`), so sampling settings choose which text is generated, not its score.
+    With `cache`, the prompts' KV from this call is kept there for that scoring.
     """
     batch = model.prompts.collate(encoded)
     device = next(model.generator.parameters()).device
@@ -78,37 +79,49 @@ def _run_generate(model, encoded, max_new_tokens: int, **kwargs) -> list[str]:
     tok = model.generator_tokenizer
     kwargs.setdefault("pad_token_id", tok.pad_token_id)
     kwargs.setdefault("do_sample", False)
+    if cache is not None:
+        kwargs["return_dict_in_generate"] = True
     out = model.generator.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
+    if cache is not None:
+        cache.add(out, inputs)
     new = sequences[:, inputs["input_ids"].shape[1]:]  # (N*R, new)
     return [t.strip() for t in tok.batch_decode(_first_eos_cut(model, new), skip_special_tokens=True)]
 
 
-def _generate_in_chunks(model, encoded, max_new_tokens: int, kwargs) -> list[str]:
-    """`_run_generate` over micro-batches of `config.micro_batch_size` prompts (all at once when None)."""
+def _generate_in_chunks(model, encoded, max_new_tokens: int, kwargs) -> tuple[list[str], Optional[PromptCache]]:
+    """`_run_generate` over micro-batches of `config.micro_batch_size` prompts (all at once when None).
+
+    Returns the texts and the prompts' `PromptCache` (None when `kv_reuse_fallback` says why not).
+    """
     size = model.config.micro_batch_size or len(encoded) or 1
+    cache = PromptCache(encoded) if kv_reuse_fallback(model.generator, kwargs) is None else None
     texts = []
     for start in range(0, len(encoded), size):
-        texts += _run_generate(model, encoded[start : start + size], max_new_tokens, **kwargs)
-    return texts
+        texts += _run_generate(model, encoded[start : start + size], max_new_tokens, cache, **kwargs)
+    return texts, cache
 
 
-def _generate_per_passage(model, questions, passages, max_new_tokens, kwargs) -> list[list[list[str]]]:
-    """Candidates from each (question, passage) prompt: texts[b][k], R each."""
+def _generate_per_passage(model, questions, passages, max_new_tokens, kwargs):
+    """Candidates from each (question, passage) prompt: texts[b][k], R each; and the prompts' cache
+    (prompt b*K + k)."""
     encoded = model.prompts.encode_batch(questions, passages)
     R = kwargs.get("num_return_sequences", 1)
-    texts = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
+    texts, cache = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
     K = len(passages[0])
-    return [[texts[(b * K + k) * R : (b * K + k + 1) * R] for k in range(K)] for b in range(len(questions))]
+    return [[texts[(b * K + k) * R : (b * K + k + 1) * R] for k in range(K)] for b in range(len(questions))], cache
 
 
-def _score_encoded(model, encoded) -> torch.Tensor:
-    """(N,) log p(answer + EOS | prompt) by teacher forcing, as `model.score` computes it (float32, CPU)."""
+def _score_encoded(model, encoded, cache: Optional[PromptCache] = None, prompts=()) -> torch.Tensor:
+    """(N,) log p(answer + EOS | prompt) by teacher forcing, as `model.score` computes it (float32, CPU).
+
+    With `cache`, pair i is scored on the KV of cached prompt `prompts[i]` (only its answer tokens run).
+    """
     if not encoded:
         return torch.empty(0)
-    return score_sequences(model.generator, encoded, model.prompts.collate, mode=model.config.scoring,
-                           micro_batch_size=model.config.micro_batch_size,
-                           length_normalize=model.config.length_normalize).float().cpu()
+    return score_with_cache(model.generator, cache, prompts, encoded, model.prompts.collate,
+                            mode=model.config.scoring, micro_batch_size=model.config.micro_batch_size,
+                            length_normalize=model.config.length_normalize)
 
 
 def _answer(text: str, passages: Sequence[Passage], weights: torch.Tensor, score: float) -> RagAnswer:
@@ -132,14 +145,15 @@ def _unique(texts_per_passage) -> list[str]:
 
 
 def _thorough(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
-    cands_by_q = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
+    cands_by_q, cache = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
     candidates = [_unique(c) for c in cands_by_q]
     K = doc_lp.shape[1]
     flat_q = [q for q, cs in zip(questions, candidates) for _ in cs]
     flat_p = [p for p, cs in zip(passages, candidates) for _ in cs]
     flat_a = [c for cs in candidates for c in cs]
     encoded = model.prompts.encode_batch(flat_q, flat_p, flat_a) if flat_a else []
-    seq_lp = _score_encoded(model, encoded).view(-1, K)  # (C, K) over all questions' candidates
+    prompts = [b * K + k for b, cs in enumerate(candidates) for _ in cs for k in range(K)]
+    seq_lp = _score_encoded(model, encoded, cache, prompts).view(-1, K)  # (C, K) over all questions' candidates
     answers, row = [], 0
     for b, cs in enumerate(candidates):
         if not cs:
@@ -155,14 +169,15 @@ def _thorough(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> lis
 
 
 def _fast(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
-    cands_by_q = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
+    cands_by_q, cache = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
     K = doc_lp.shape[1]
     pairs = [[(k, t) for k, texts in enumerate(per_passage) for t in dict.fromkeys(texts) if t]
              for per_passage in cands_by_q]  # (passage that produced it, text), deduplicated
     encoded = model.prompts.encode_batch([q for q, ps in zip(questions, pairs) for _ in ps],
                                          [[passages[b][k]] for b, ps in enumerate(pairs) for k, _ in ps],
                                          [t for ps in pairs for _, t in ps]) if any(pairs) else []
-    seq_lp = _score_encoded(model, encoded)  # (P,) each text under its own passage only
+    prompts = [b * K + k for b, ps in enumerate(pairs) for k, _ in ps]
+    seq_lp = _score_encoded(model, encoded, cache, prompts)  # (P,) each text under its own passage only
     answers, i = [], 0
     for b, ps in enumerate(pairs):
         table: dict[str, torch.Tensor] = {}
@@ -181,14 +196,14 @@ def _fast(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[Ra
 def _concat(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
     encoded = [model.prompts.encode(q, ps) for q, ps in zip(questions, passages)]
     kwargs = {k: v for k, v in kwargs.items() if k != "num_return_sequences"}
-    texts = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
+    texts, cache = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
     scored = [b for b, t in enumerate(texts) if t]
     K = doc_lp.shape[1]
     per_passage = model.prompts.encode_batch([questions[b] for b in scored], [passages[b] for b in scored],
                                              [texts[b] for b in scored]) if scored else []
     together = [model.prompts.encode(questions[b], passages[b], texts[b]) for b in scored]
-    lp = _score_encoded(model, per_passage + together)
-    seq_lp, concat_lp = lp[: len(per_passage)].view(-1, K), lp[len(per_passage):]  # (S, K), (S,)
+    seq_lp = _score_encoded(model, per_passage).view(-1, K)  # (S, K): each passage alone, for the weights
+    concat_lp = _score_encoded(model, together, cache, scored)  # (S,) on the joint prompt's cache
     answers = [_no_answer(passages[b], doc_lp[b]) for b in range(len(texts))]
     for i, b in enumerate(scored):
         weights = posterior_doc_probs(doc_lp[b], seq_lp[i])

@@ -84,14 +84,17 @@ class TextEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
+        """D, the embedding size."""
         cfg = self.model.config
         return int(getattr(cfg, "projection_dim", 0) or cfg.hidden_size)
 
     @property
     def device(self) -> torch.device:
+        """The device of the encoder's weights."""
         return next(self.model.parameters()).device
 
     def tokenize(self, texts: Sequence[str]):
+        """Padded, truncated (to `max_length`) token tensors of `texts`."""
         if self.tokenizer is None:
             raise ValueError(
                 "this encoder has no tokenizer, so it cannot take text; pass token ids "
@@ -102,6 +105,7 @@ class TextEncoder(nn.Module):
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+        """Embeddings (N, D) of token ids, with gradient (pooled, normalized if configured)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
@@ -116,20 +120,52 @@ class TextEncoder(nn.Module):
         batch = self.tokenize(texts).to(self.device)
         return self(**batch)
 
-    @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> torch.Tensor:
         """(N, D) float32 CPU embeddings of `texts`, batched, without gradient, in eval mode.
 
-        Every sub-module's own train/eval mode is restored afterwards.
+        All texts are tokenized in one call; batches are formed longest-first by token
+        count (little padding) and run under `torch.inference_mode()`; rows come back in
+        the input order. Every sub-module's own train/eval mode is restored afterwards.
         """
         from tqdm.auto import tqdm
 
         texts = list(texts)
-        chunks = []
-        starts = range(0, len(texts), batch_size)
-        with eval_mode(self):  # holds the encoder's lock; each sub-module's own mode comes back after
-            for start in tqdm(starts, desc="encoding", unit="batch", disable=not show_progress):
-                chunks.append(self.embed(texts[start : start + batch_size]).float().cpu())
-        if not chunks:
+        if not texts:
             return torch.empty(0, self.dim)
-        return torch.cat(chunks)
+        with eval_mode(self), torch.inference_mode():  # the encoder's lock; sub-module modes come back after
+            features = self._tokenize_unpadded(texts)
+            lengths = [len(ids) for ids in features["input_ids"]]
+            order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+            chunks = [self(**self._pad(features, rows)).float().cpu()
+                      for rows in tqdm(batches, desc="encoding", unit="batch", disable=not show_progress)]
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(chunks).index_select(0, inverse)  # outside inference mode: a normal tensor
+
+    def _tokenize_unpadded(self, texts: list[str]) -> dict:
+        """Token ids (and the tokenizer's other features) of every text, truncated, unpadded."""
+        if self.tokenizer is None:
+            self.tokenize(texts)  # raises the no-tokenizer error
+        return dict(self.tokenizer(texts, padding=False, truncation=True, max_length=self.max_length))
+
+    def _pad(self, features: dict, rows: list[int]) -> dict[str, torch.Tensor]:
+        """The `rows` of unpadded `features` as padded (n, L) tensors on the encoder's device."""
+        tok = self.tokenizer
+        pad_values = {"input_ids": tok.pad_token_id if tok.pad_token_id is not None else 0,
+                      "token_type_ids": getattr(tok, "pad_token_type_id", 0)}
+        seqs = {key: [features[key][r] for r in rows] for key in pad_values if key in features}
+        seqs["attention_mask"] = [[1] * len(ids) for ids in seqs["input_ids"]]
+        pad_values["attention_mask"] = 0
+        L = max(len(ids) for ids in seqs["input_ids"])
+        left = getattr(tok, "padding_side", "right") == "left"
+        out = {}
+        for key, values in seqs.items():
+            batch = torch.full((len(rows), L), pad_values[key], dtype=torch.long)
+            for i, seq in enumerate(values):
+                if left:
+                    batch[i, L - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
+                else:
+                    batch[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            out[key] = batch.to(self.device)
+        return out

@@ -1,0 +1,226 @@
+"""Decoding reuses the prompts' KV cache to score candidates (issue 17, item 1).
+
+Every decoding mode scores its candidates by teacher forcing (generation.py). With KV
+reuse the prompt part of that pass is taken from the cache `generate` filled, so only
+candidate tokens run; the scores must equal the uncached path (`kv_cache.uncached()`,
+which is `score_sequences` from scratch) and `model(questions, answers)`.
+
+The tiny generator runs in float64 here so that the tolerance (2e-5, float32 log-prob
+sums) can catch an off-by-one position or mask (such a bug moved scores by ~2e-4).
+A forward pre-hook records the length of every generator call: with reuse no call
+runs more tokens than the longest prompt, without it the rescoring runs prompt + answer.
+"""
+import math
+
+import pytest
+import torch
+from tiny import EOS, tiny_encoder, tiny_generator, tiny_tokenizer
+
+from contextflow_core.config import PromptConfig, RagConfig
+from contextflow_core.kv_cache import kv_reuse_fallback, uncached
+from contextflow_core.rag import RAGSequence
+from contextflow_core.retrieval import DocumentIndex
+
+MODES = ["thorough", "fast", "concat"]
+QS = ["What is the capital of Quenia?", "Which river flows through Tarsk?", "Who?"]
+PASSAGES = [  # lengths differ a lot, so the per-passage prompts are left-padded in every batch
+    "Zorblat is the capital of Quenia.",
+    "Mivo.",
+    "The river Mivo flows through Tarsk, past the salt flats, the old mill and the heron marshes of Eldra.",
+    "Tarsk was founded in 1204.",
+    "Quenia exports blue salt and herons.",
+]
+TOL = 2e-5
+
+
+def build(generator=None, **config) -> RAGSequence:
+    enc = tiny_encoder()
+    index = DocumentIndex.from_texts(PASSAGES, enc, ids=[f"p{i}" for i in range(len(PASSAGES))], show_progress=False)
+    generator = generator if generator is not None else tiny_generator().double()
+    prompt = config.pop("prompt", None)
+    return RAGSequence(enc, index, tiny_tokenizer(), generator, prompt=prompt,
+                       config=RagConfig(**{"num_docs": 3, **config})).eval()
+
+
+class Lengths:
+    """Input lengths of every forward of the generator's decoder body (generation steps and scoring passes)."""
+
+    def __init__(self, generator):
+        base = generator.get_base_model() if hasattr(generator, "get_base_model") else generator
+        self.seen: list[int] = []
+        self.handle = base.get_decoder().register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            self.seen.append(int(ids.shape[1]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def prompt_lengths(rag, decoding) -> int:
+    _, retrieved = rag.retrieve(QS, rag.config.num_docs)
+    if decoding == "concat":
+        return max(len(rag.prompts.encode(q, ps).input_ids) for q, ps in zip(QS, retrieved.passages))
+    return max(len(e.input_ids) for e in rag.prompts.encode_batch(QS, retrieved.passages))
+
+
+def both(rag, decoding, **kwargs):
+    """(answers with KV reuse, answers without, longest forward with reuse, longest without)."""
+    torch.manual_seed(0)
+    with Lengths(rag.generator) as cached_calls:
+        cached = rag.generate(questions=QS, decoding=decoding, **kwargs)
+    torch.manual_seed(0)
+    with uncached(), Lengths(rag.generator) as plain_calls:
+        plain = rag.generate(questions=QS, decoding=decoding, **kwargs)
+    return cached, plain, max(cached_calls.seen), max(plain_calls.seen)
+
+
+def assert_same(cached, plain):
+    for a, b in zip(cached, plain):
+        assert a.text == b.text and a.text
+        assert a.score == pytest.approx(b.score, abs=TOL)
+        assert [p.id for p, _ in a.sources] == [p.id for p, _ in b.sources]
+        for (_, wa), (_, wb) in zip(a.sources, b.sources):
+            assert wa == pytest.approx(wb, abs=TOL)
+
+
+def reference(rag, questions, answers):
+    with torch.no_grad():
+        out = rag(questions=questions, answers=answers)
+    return out.doc_logprobs.double(), out.seq_logprobs.double()
+
+
+SETTINGS = {
+    "greedy": dict(max_new_tokens=5),
+    "beams": dict(max_new_tokens=5, num_beams=3),
+    "beams, 2 returned": dict(max_new_tokens=5, num_beams=3, num_return_sequences=2),
+    "sampling, 2 returned": dict(max_new_tokens=4, do_sample=True, top_k=20, num_return_sequences=2),
+    "cut at 2 tokens": dict(max_new_tokens=2),
+    "forced EOS": dict(max_new_tokens=4, forced_eos_token_id=EOS),
+}
+
+
+def check_reuse(rag, decoding, **kwargs):
+    cached, plain, longest_cached, longest_plain = both(rag, decoding, **kwargs)
+    assert_same(cached, plain)
+    longest_prompt = prompt_lengths(rag, decoding)
+    if decoding != "concat":  # concat's per-passage weights are scored from scratch (no cache holds those prompts)
+        assert longest_cached <= longest_prompt < longest_plain
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+@pytest.mark.parametrize("decoding", MODES)
+def test_scores_on_the_cache_equal_the_uncached_path_and_only_candidate_tokens_run(decoding, setting):
+    check_reuse(build(), decoding, **SETTINGS[setting])
+
+
+@pytest.mark.parametrize("decoding", MODES)
+def test_micro_batches_split_a_questions_prompts_across_generate_calls(decoding):
+    # 2 prompts per generate call and per scoring pass: question 0's 3 passages span two calls
+    check_reuse(build(micro_batch_size=2), decoding, max_new_tokens=5, num_beams=3, num_return_sequences=2)
+
+
+@pytest.mark.parametrize("decoding", MODES)
+def test_cached_scores_are_the_models_own_log_likelihoods(decoding):
+    rag = build()
+    answers = rag.generate(questions=QS, max_new_tokens=5, decoding=decoding, num_beams=2)
+    doc, seq = reference(rag, QS, [a.text for a in answers])
+    for a, d, s, row in zip(answers, doc, seq, rag.retrieve(QS, 3)[1].passages):
+        if decoding == "thorough":
+            assert a.score == pytest.approx(float(torch.logsumexp(d + s, 0)), abs=TOL)
+        if decoding == "concat":  # the weights are p(z|x,y) from the per-passage scores
+            weights = dict((p.id, w) for p, w in a.sources)
+            post = torch.softmax(d + s, 0)
+            assert [weights[p.id] for p in row] == pytest.approx(post.tolist(), abs=TOL)
+
+
+@pytest.mark.parametrize("scoring", ["hidden", "full"])
+def test_every_scoring_mode_scores_on_the_cache(scoring):
+    rag = build(scoring=scoring)
+    cached, plain, longest_cached, longest_plain = both(rag, "thorough", max_new_tokens=5)
+    assert_same(cached, plain)
+    assert longest_cached < longest_plain
+
+
+def test_peft_wrapped_generator_scores_on_the_cache():
+    peft = pytest.importorskip("peft")
+    generator = tiny_generator().double()
+    wrapped = peft.get_peft_model(generator, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    for name, p in wrapped.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # adapters that change the scores
+    rag = build(generator=wrapped)
+    assert kv_reuse_fallback(rag.generator) is None
+    cached, plain, longest_cached, longest_plain = both(rag, "thorough", max_new_tokens=5, num_beams=2)
+    assert_same(cached, plain)
+    assert longest_cached < longest_plain
+
+
+def test_a_prompt_cut_for_the_answer_is_scored_from_scratch():
+    long = build()
+    _, retrieved = long.retrieve(QS, 3)
+    longest = max(len(e.input_ids) for e in long.prompts.encode_batch(QS, retrieved.passages))
+    rag = build(prompt=PromptConfig(max_length=longest + 2))  # the prompts fit; prompt + answer + EOS does not
+    cached, plain, _, _ = both(rag, "thorough", max_new_tokens=5)
+    assert_same(cached, plain)
+    encoded = rag.prompts.encode_batch(QS, retrieved.passages, [a.text for a in cached])
+    assert any(e.passage_tokens_cut for e in encoded)  # the case really happens
+    doc, seq = reference(rag, QS, [a.text for a in cached])
+    for a, d, s in zip(cached, doc, seq):
+        assert a.score == pytest.approx(float(torch.logsumexp(d + s, 0)), abs=TOL)
+
+
+def test_fallbacks_are_named_and_exact():
+    rag = build()
+    assert kv_reuse_fallback(rag.generator) is None
+    assert "use_cache" in kv_reuse_fallback(rag.generator, {"use_cache": False})
+    with uncached():
+        assert "turned off" in kv_reuse_fallback(rag.generator)
+    assert kv_reuse_fallback(rag.generator) is None  # the switch is scoped to the block
+    cached = rag.generate(questions=QS, max_new_tokens=4, decoding="fast", use_cache=False)
+    with uncached():
+        plain = rag.generate(questions=QS, max_new_tokens=4, decoding="fast")
+    assert_same(cached, plain)
+
+
+def test_a_sliding_window_cache_is_not_reused_and_scores_stay_exact():
+    from tiny import PAD, VOCAB_SIZE
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=8, pad_token_id=PAD,
+                        eos_token_id=EOS, max_position_embeddings=1024)
+    generator = MistralForCausalLM(cfg).double().eval()
+    generator.generation_config.pad_token_id, generator.generation_config.eos_token_id = PAD, EOS
+    rag = build(generator=generator)
+    cached, plain, longest_cached, longest_plain = both(rag, "fast", max_new_tokens=4)
+    assert_same(cached, plain)
+    assert longest_cached == longest_plain  # scored from scratch: the window would have dropped prompt keys
+
+
+@pytest.mark.embedded
+def test_embedded_smollm2_scores_on_the_cache_equal_the_uncached_path():
+    from contextflow_core.data import make_synthetic
+
+    data = make_synthetic(num_entities=12, seed=0)
+    rag = RAGSequence.from_defaults([p.text for p in data.passages], ids=[p.id for p in data.passages],
+                                    titles=[p.title for p in data.passages], num_docs=3)
+    questions = [e.question for e in data.test[:2]]
+    for decoding in MODES:
+        cached = rag.generate(questions=questions, max_new_tokens=8, decoding=decoding)
+        with uncached():
+            plain = rag.generate(questions=questions, max_new_tokens=8, decoding=decoding)
+        for a, b in zip(cached, plain):
+            assert a.text == b.text
+            assert math.isfinite(a.score) and a.score == pytest.approx(b.score, abs=1e-4)
+        if decoding == "thorough":
+            doc, seq = reference(rag, questions, [a.text for a in cached])
+            for a, d, s in zip(cached, doc, seq):
+                assert a.score == pytest.approx(float(torch.logsumexp(d + s, 0)), abs=1e-4)
