@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("train_step", "scaling", "decoding", "retrieval", "quality")
+SCRIPTS = ("train_step", "scaling", "decoding", "retrieval", "quality", "qa_generation")
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""The `contextflow` command: build an index, train, evaluate, ask, run the demo.
+"""The `contextflow` command: build an index, train, evaluate, ask, run the demo, check the installation.
 
 Boundary: argument parsing and printing only; every subcommand calls the same
 library functions a script would (`DocumentIndex`, `RAGSequence`, `train_rag`,
@@ -281,6 +281,12 @@ def _cmd_demo(args) -> None:
     demo.main(quick=args.quick, output_dir=args.output_dir)
 
 
+def _cmd_doctor(args) -> int:
+    from contextflow_core import doctor
+
+    return doctor.main(as_json=args.json, require=args.require or ())
+
+
 def _require(args, name: str) -> None:
     if not getattr(args, name, None):
         raise ValueError(f"--{name.replace('_', '-')}: required, got none (on the command line or in --config)")
@@ -358,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _subparser(subs, "demo", _cmd_demo, "train and evaluate the embedded models on synthetic data")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.add_argument("--output-dir", default="runs/demo", help="where the demo writes (default: runs/demo)")
+    doctor = _subparser(subs, "doctor", _cmd_doctor, "check the installation: torch build, extras, embedded "
+                        "models, cache folder, GPU; prints the command for what is missing (exit 1: core broken)")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--require", nargs="+", metavar="EXTRA", help="extras that must be installed too "
+                        "(e.g. langchain embedded): exit 1 when one is missing")
+    from contextflow_core.cli_qa import add_qa_commands
+
+    add_qa_commands(subs, _subparser)  # `qa generate` (cli_qa.py)
     return parser
 
 
@@ -386,11 +400,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        args.handler(args)
+        status = args.handler(args)  # None, or an exit status (`doctor`)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"contextflow {args.command}: error: {e}", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
