@@ -5,7 +5,17 @@ Boundary: glue only. Documents come out of the store (`export.py`), become a
 `contextflow_core.training.train_rag`, and the result is wrapped in the
 LangChain adapters. The store itself is never modified.
 
+Without QA pairs, the training questions are written from the documents first
+(`contextflow_core.data.generate_qa`; the writer is `question_llm`), and a tenth of the
+documents' questions is held out for validation. With ``mode="in_place"`` they are
+written from a bounded, seeded sample of the store's own rows, read through its backend's
+``iter_rows`` (`contextflow_core.data.qa_store`; at most 1000 rows unless
+``qa_options={"sample": n}``).
+
 Example:
+    >>> result = finetune_from_vectorstore(store, question_llm="cloze")  # doctest: +SKIP
+    >>> print(result.qa_report.format())  # what was written, kept and dropped  # doctest: +SKIP
+    >>> result.qa.all.save_jsonl("generated_qa.jsonl")  # doctest: +SKIP
     >>> result = finetune_from_vectorstore(store, [("Who founded Tarsk?", "Ilo")],
     ...                                    train_config=TrainConfig(num_epochs=2))  # doctest: +SKIP
     >>> result.chain.invoke("Who founded Tarsk?")["answer"]  # doctest: +SKIP
@@ -14,19 +24,25 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Optional, Sequence
 
 from langchain_core.documents import Document
 
 from contextflow_core.building import build_rag
 from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
+from contextflow_core.data.qa_store import check_store_qa_options, generate_store_training_qa
+from contextflow_core.data.qa_training import GeneratedQA, check_generation_arguments, generate_training_qa
 from contextflow_core.data.readers import load_qa
 from contextflow_core.metadata import merge_duplicates
 from contextflow_core.rag import RAGSequence
 from contextflow_core.training import TrainHistory, make_dataloader, train_rag
 
+from . import in_place as _in_place
 from .chat_model import ChatContextFlow
+from .embeddings import ContextFlowEmbeddings
 from .export import documents_to_passages, export_documents
+from .qa_writer import as_question_writer
 from .rag_runnable import ContextFlowRAG
 from .retriever import ContextFlowRetriever, passage_to_document
 
@@ -41,7 +57,12 @@ class FinetuneResult:
         chain: `ContextFlowRAG` answering with the trained model (question -> answer + sources).
         history: The `TrainHistory` of `train_rag` (per-step losses, evaluations, stop reason).
         documents: The documents that were indexed, each with its id (as the index holds them):
-            metadata converted to JSON, merged duplicates with ``metadata["duplicate_ids"]``.
+            metadata converted to JSON, merged duplicates with ``metadata["duplicate_ids"]``;
+            empty with ``mode="in_place"`` (the store holds them).
+        embeddings: `ContextFlowEmbeddings` (queries: the trained question encoder, documents:
+            the frozen passage encoder) for the store's own ``as_retriever()``.
+        qa: With no `qa_pairs`: the generated pairs (``qa.all``, with ``qa.all.report``), the
+            part trained on (``qa.train``) and the held-out part (``qa.val``); None otherwise.
     """
 
     model: RAGSequence
@@ -49,6 +70,13 @@ class FinetuneResult:
     chain: ContextFlowRAG
     history: TrainHistory
     documents: list[Document] = field(repr=False)
+    embeddings: Optional[Any] = field(default=None, repr=False)
+    qa: Optional[GeneratedQA] = field(default=None, repr=False)
+
+    @property
+    def qa_report(self) -> Any:
+        """The `QAReport` of the generated pairs (None when `qa_pairs` were given)."""
+        return self.qa.all.report if self.qa is not None else None
 
     def chat_model(self, **kwargs: Any) -> ChatContextFlow:
         """The trained generator alone as a `ChatContextFlow` (kwargs: its fields, e.g. max_tokens)."""
@@ -110,7 +138,7 @@ def rag_from_vectorstore(
 
 def finetune_from_vectorstore(
     vectorstore: Any,
-    qa_pairs: Any,
+    qa_pairs: Any = None,
     *,
     model: Optional[RAGSequence] = None,
     encoder: Any = None,
@@ -130,6 +158,11 @@ def finetune_from_vectorstore(
     max_new_tokens: int = 64,
     filter: Any = None,
     dedupe: bool = True,
+    mode: str = "copy",
+    store_check: bool = True,
+    question_llm: Any = None,
+    qa_options: Optional[dict] = None,
+    val_fraction: Optional[float] = None,
 ) -> FinetuneResult:
     """Index a vector store's documents with ContextFlow, train jointly on QA pairs, return LangChain parts.
 
@@ -144,7 +177,15 @@ def finetune_from_vectorstore(
             `Chroma`, `QdrantVectorStore`/`Qdrant`, or any store with `get_by_ids` when
             `ids` is given); None when `documents` is given.
         qa_pairs: Training questions and answers: (question, answer) tuples, dicts with
-            "question"/"answer", or a JSONL/JSON/CSV path (anything `load_qa` reads).
+            "question"/"answer", or a JSONL/JSON/CSV path (anything `load_qa` reads). None
+            (the default): generate them from the indexed documents with
+            `contextflow_core.data.generate_qa` (writer: `question_llm`), hold out
+            `val_fraction` of them by document for validation, and keep them in ``result.qa``.
+            With mode="in_place" the documents are the store's rows, read through the
+            backend's ``iter_rows`` (refused by name without it) and sampled as it goes
+            (reservoir sampling seeded by the generation seed, memory bounded by the sample):
+            ``qa_options={"sample": n}`` rows; without ``"sample"`` every row of a store of
+            up to 1000 rows, else 1000 of them with a warning; ``{"sample": None}``: every row.
         model: A `RAGSequence` whose parts are trained.
         encoder: Question encoder (`TextEncoder`) when no `model` is given.
         generator: HF causal LM when no `model` is given (with `tokenizer`).
@@ -170,6 +211,26 @@ def finetune_from_vectorstore(
             callable over metadata. Refused with `ids`, `documents` or another store.
         dedupe: Merge exact duplicates (same text and title) into the first one, whose
             ``metadata["duplicate_ids"]`` lists every merged id; False keeps them all.
+        mode: "copy" (default): export the documents and index them anew with the question
+            encoder. "in_place": train against the store as it is (no export, no re-embedding;
+            see `contextflow_integrations.langchain.in_place`): the store (or a
+            `VectorStoreBackend`, e.g. `stores.MilvusBackend`) is searched live, its vectors
+            must come from the starting encoder (checked), and `documents`, `ids`, `filter`,
+            `index_factory` are refused; rows are used as stored (no dedupe). Without
+            `qa_pairs` the questions are written from the store's rows (see `qa_pairs`).
+        store_check: With mode="in_place", check that the stored vectors are the starting
+            encoder's embeddings of the stored texts (default True).
+        question_llm: With no `qa_pairs`: the question writer. None: the embedded SmolLM2;
+            "embedded" / "cloze" (rule-based, no model); a LangChain chat model or LLM; or a
+            callable prompt -> text. Refused with `qa_pairs`.
+        qa_options: With no `qa_pairs`: further `generate_qa` keyword arguments (e.g.
+            ``{"num_questions_per_passage": 2, "sample": 500, "cache": "qa_cache.jsonl",
+            "filters": QAFilters(...)}``; ``seed`` defaults to the train config's; with
+            mode="in_place", ``sample`` is the number of store rows drawn, see `qa_pairs`).
+            Refused with `qa_pairs`.
+        val_fraction: With no `qa_pairs` and no `val_pairs`: share of the documents whose
+            generated pairs are held out for validation (default 0.1; 0: none). Refused with
+            `qa_pairs` or `val_pairs`.
 
     Returns:
         A `FinetuneResult` with the trained model, `retriever`, `chain` and training `history`.
@@ -183,19 +244,40 @@ def finetune_from_vectorstore(
         ValueError: Conflicting or malformed arguments, an empty store (or filter selecting
             nothing), a filter the store does not take, metadata JSON cannot hold, or bad QA data.
     """
-    examples = load_qa(qa_pairs)
-    if not examples:
+    check_generation_arguments(qa_pairs, question_llm, qa_options, val_fraction, val_pairs is not None)
+    writer = as_question_writer(question_llm) if qa_pairs is None else None
+    examples = load_qa(qa_pairs) if qa_pairs is not None else None
+    if examples is not None and not examples:
         raise ValueError("qa_pairs: expected at least one (question, answer) pair, got none")
     config = train_config or TrainConfig()
     if not isinstance(config, TrainConfig):
         raise ValueError(f"train_config: expected a TrainConfig, got {type(config).__name__}")
+    if _in_place.check_mode(mode) == "in_place":
+        _in_place.refuse_copy_only(documents=documents, ids=ids, filter=filter, index_factory=index_factory)
+        val = load_qa(val_pairs) if val_pairs is not None else None
+        if examples is None:
+            check_store_qa_options(qa_options)
+        make_qa = None if examples is not None else partial(  # documents only: questions from the store's rows
+            generate_store_training_qa, writer=writer, qa_options=qa_options, val_fraction=val_fraction,
+            has_val_pairs=val is not None, seed=config.seed, title_key=title_key or "title", arg="vectorstore")
+        return _in_place.finetune_in_place(
+            vectorstore, examples, val_examples=val, model=model, encoder=encoder, generator=generator,
+            tokenizer=tokenizer, config=config, batch_size=batch_size, num_docs=num_docs, k=k, prompt=prompt,
+            rag_config=rag_config, title_key=title_key, max_new_tokens=max_new_tokens, store_check=store_check,
+            make_qa=make_qa)
     rag = rag_from_vectorstore(vectorstore, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
                                documents=documents, ids=ids, num_docs=num_docs, prompt=prompt,
                                rag_config=rag_config, title_key=title_key, index_factory=index_factory,
                                filter=filter, dedupe=dedupe)
+    qa = None
+    if examples is None:  # documents only: write the training questions first
+        qa = generate_training_qa(rag.index.passages, writer, qa_options=qa_options, val_fraction=val_fraction,
+                                  has_val_pairs=val_pairs is not None, seed=config.seed)
+        examples, val_pairs = qa.train.examples, (qa.val.examples if qa.val is not None else val_pairs)
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
     val = make_dataloader(val_pairs, batch_size=batch_size, shuffle=False) if val_pairs is not None else None
     history = train_rag(rag, train, val, config=config)
     return FinetuneResult(model=rag, retriever=ContextFlowRetriever(model=rag, k=min(k, len(rag.index))),
                           chain=ContextFlowRAG(model=rag, max_new_tokens=max_new_tokens), history=history,
-                          documents=[passage_to_document(p) for p in rag.index.passages])
+                          documents=[passage_to_document(p) for p in rag.index.passages],
+                          embeddings=ContextFlowEmbeddings.from_rag(rag), qa=qa)

@@ -6,6 +6,14 @@ and `contextflow_core.training.train_rag` trains the RAGSequence on the
 question/answer pairs; the result carries LlamaIndex components over the
 trained model.
 
+Without QA pairs (`qa_pairs=None`), the training questions are written from the
+nodes first (`contextflow_core.data.generate_qa`, the writer chosen by
+`question_llm=`: a LlamaIndex LLM, a writer name, or a callable), and a tenth of
+the nodes' questions is held out for validation; ``result.qa`` keeps them. With
+``mode="in_place"`` they are written from a bounded, seeded sample of the vector
+store's rows (`contextflow_core.data.qa_store`; at most 1000 rows unless
+``qa_options={"sample": n}``), from the nodes' plain text.
+
 QA pairs: anything `contextflow_core.data.readers.load_qa` reads (a list of
 ``(question, answer[, gold_ids])`` tuples, dicts, `QAExample`, a JSONL/JSON/CSV
 path, a HF dataset), or LlamaIndex's id-keyed layout: an object or dict (or a
@@ -31,6 +39,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -39,13 +48,17 @@ from llama_index.core.schema import TextNode
 
 from contextflow_core.building import build_rag
 from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
+from contextflow_core.data.qa_store import check_store_qa_options, generate_store_training_qa
+from contextflow_core.data.qa_training import GeneratedQA, check_generation_arguments, generate_training_qa
 from contextflow_core.data.readers import QAExample, load_qa
 from contextflow_core.evaluation.metrics import mrr, recall_at_k
 from contextflow_core.rag import RAGSequence
 from contextflow_core.retrieval import DocumentIndex
 from contextflow_core.training import TrainHistory, make_dataloader, train_rag
 from contextflow_core.types import Passage
-from contextflow_integrations.llamaindex.export import nodes_from_index, passages_from_nodes
+from contextflow_integrations.llamaindex import in_place as _in_place
+from contextflow_integrations.llamaindex.export import ContextFlowEmbedding, nodes_from_index, passages_from_nodes
+from contextflow_integrations.llamaindex.qa_writer import as_question_writer
 from contextflow_integrations.llamaindex.query_engine import ContextFlowQueryEngine
 from contextflow_integrations.llamaindex.retriever import ContextFlowRetriever
 
@@ -66,6 +79,12 @@ class FinetuneResult:
             ``num_questions`` on the training questions that have gold ids, before
             training; None when none has.
         retrieval_after: The same after training.
+        embed_model: `ContextFlowEmbedding` (queries: the trained question encoder, texts: the
+            frozen passage encoder) for the index's own retriever:
+            ``index.as_retriever(embed_model=result.embed_model)``.
+        qa: With no `qa_pairs`: the generated pairs (``qa.all``, with ``qa.all.report``), the
+            part trained on (``qa.train``, also `examples`) and the held-out part (``qa.val``);
+            None otherwise.
     """
 
     model: RAGSequence
@@ -75,6 +94,13 @@ class FinetuneResult:
     examples: list[QAExample] = field(repr=False)
     retrieval_before: Optional[dict[str, float]] = None
     retrieval_after: Optional[dict[str, float]] = None
+    embed_model: Optional[Any] = field(default=None, repr=False)
+    qa: Optional[GeneratedQA] = field(default=None, repr=False)
+
+    @property
+    def qa_report(self) -> Any:
+        """The `QAReport` of the generated pairs (None when `qa_pairs` were given)."""
+        return self.qa.all.report if self.qa is not None else None
 
     def llm(self, **kwargs: Any):
         """The trained generator alone as a `ContextFlowLLM` (kwargs: its fields, e.g. max_new_tokens)."""
@@ -201,7 +227,7 @@ def _warn_unknown_gold(examples: list[QAExample], index: DocumentIndex) -> None:
 # ----------------------------------------------------------------------------- entry point
 def finetune_from_index(
     index_or_vector_store: Any,
-    qa_pairs: Any,
+    qa_pairs: Any = None,
     *,
     nodes: Optional[Sequence[Any]] = None,
     answers: Any = None,
@@ -216,6 +242,11 @@ def finetune_from_index(
     prompt: Optional[PromptConfig] = None,
     rag_config: Optional[RagConfig] = None,
     query_engine_kwargs: Optional[dict] = None,
+    mode: str = "copy",
+    store_check: bool = True,
+    question_llm: Any = None,
+    qa_options: Optional[dict] = None,
+    val_fraction: Optional[float] = None,
 ) -> FinetuneResult:
     """Pull the nodes of a LlamaIndex index, train retriever and generator jointly, get LlamaIndex parts back.
 
@@ -234,7 +265,10 @@ def finetune_from_index(
         index_or_vector_store: A `VectorStoreIndex` (any docstore-backed index) or a vector
             store; None when `nodes` (or the id-keyed layout's ``corpus``) gives the passages.
         qa_pairs: Training QA pairs: tuples, dicts, a JSONL/JSON/CSV path, or the id-keyed
-            layout of `EmbeddingQAFinetuneDataset` (see the module docstring).
+            layout of `EmbeddingQAFinetuneDataset` (see the module docstring). None (the
+            default): generate them from the pulled nodes with `contextflow_core.data.generate_qa`
+            (writer: `question_llm`), hold out `val_fraction` of them by node for validation,
+            and keep them in ``result.qa``.
         nodes: Nodes (or Documents, NodeWithScore) to index instead of pulling them out of
             `index_or_vector_store`: the way out for stores whose nodes cannot be read back.
         answers: {query_id: answer} (or a `QueryResponseDataset`) for the id-keyed layout.
@@ -252,6 +286,27 @@ def finetune_from_index(
         rag_config: `RagConfig` of a model built here.
         query_engine_kwargs: `ContextFlowQueryEngine` fields of the result's engine
             (max_new_tokens, decoding, streaming, ...).
+        mode: "copy" (default): pull the nodes and index them anew with the question encoder.
+            "in_place": train against the index's vector store as it is (no copy, no
+            re-embedding; see `contextflow_integrations.llamaindex.in_place`); the stored
+            vectors must come from the starting encoder (checked); `nodes` is refused.
+            Without `qa_pairs` the questions are written from the store's rows, read through
+            the backend's ``iter_rows`` (refused by name without it) from the nodes' plain text,
+            sampled as they are read (reservoir sampling, seeded, memory bounded by the
+            sample): ``qa_options={"sample": n}`` rows; without ``"sample"`` every row of a
+            store of up to 1000 rows, else 1000 of them with a warning; ``{"sample": None}``:
+            every row.
+        store_check: With mode="in_place", check the embedding space first (default True).
+        question_llm: With no `qa_pairs`: the question writer. None: the embedded SmolLM2;
+            "embedded" / "cloze" (rule-based, no model); a LlamaIndex LLM; or a callable
+            prompt -> text. Refused with `qa_pairs`.
+        qa_options: With no `qa_pairs`: further `generate_qa` keyword arguments (e.g.
+            ``{"num_questions_per_passage": 2, "sample": 500, "cache": "qa_cache.jsonl"}``;
+            ``seed`` defaults to the train config's; with mode="in_place", ``sample`` is the
+            number of store rows drawn, see `mode`). Refused with `qa_pairs`.
+        val_fraction: With no `qa_pairs` and no `val_pairs`: share of the nodes whose generated
+            pairs are held out for validation (default 0.1; 0: none). Refused with `qa_pairs`
+            or `val_pairs`.
 
     Returns:
         A `FinetuneResult`: the trained model, `query_engine`, `retriever`, `history`, and
@@ -267,16 +322,34 @@ def finetune_from_index(
         >>> result.query_engine.query("Who founded Tarsk?").source_nodes[0].node_id  # doctest: +SKIP
         'node-3'
     """
-    examples = load_qa_pairs(qa_pairs, answers)
-    if not examples:
+    check_generation_arguments(qa_pairs, question_llm, qa_options, val_fraction, val_pairs is not None)
+    writer = _documents_only_writer(question_llm, answers, val_pairs) if qa_pairs is None else None
+    examples = load_qa_pairs(qa_pairs, answers) if qa_pairs is not None else None
+    if examples is not None and not examples:
         raise ValueError("qa_pairs: expected at least one (question, answer) pair, got none")
     val_examples = load_qa_pairs(val_pairs, answers) if val_pairs is not None else None
     config = train_config or TrainConfig()
     if not isinstance(config, TrainConfig):
         raise ValueError(f"train_config: expected a TrainConfig, got {type(config).__name__}")
+    if _in_place.check_mode(mode, nodes) == "in_place":
+        if examples is None:
+            check_store_qa_options(qa_options)
+        make_qa = None if examples is not None else partial(  # documents only: questions from the store's rows
+            generate_store_training_qa, writer=writer, qa_options=qa_options, val_fraction=val_fraction,
+            has_val_pairs=val_examples is not None, seed=config.seed, arg="index_or_vector_store")
+        return _in_place.finetune_in_place(
+            index_or_vector_store, examples, val_examples=val_examples, model=model, encoder=encoder,
+            generator=generator, tokenizer=tokenizer, config=config, batch_size=batch_size, num_docs=num_docs,
+            prompt=prompt, rag_config=rag_config, query_engine_kwargs=query_engine_kwargs,
+            store_check=store_check, metrics=_retrieval_metrics, make_qa=make_qa)
     passages = _collect_passages(index_or_vector_store, nodes, qa_pairs)
     rag = build_rag(passages, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
                     num_docs=num_docs, prompt=prompt, rag_config=rag_config)
+    qa = None
+    if examples is None:  # documents only: write the training questions first
+        qa = generate_training_qa(rag.index.passages, writer, qa_options=qa_options, val_fraction=val_fraction,
+                                  has_val_pairs=val_pairs is not None, seed=config.seed)
+        examples, val_examples = qa.train.examples, (qa.val.examples if qa.val is not None else val_examples)
     _warn_unknown_gold(examples + (val_examples or []), rag.index)
     before = _retrieval_metrics(rag, examples)
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
@@ -285,4 +358,12 @@ def finetune_from_index(
     return FinetuneResult(
         model=rag, query_engine=ContextFlowQueryEngine(rag=rag, **(query_engine_kwargs or {})),
         retriever=ContextFlowRetriever(rag), history=history, examples=examples,
-        retrieval_before=before, retrieval_after=_retrieval_metrics(rag, examples))
+        retrieval_before=before, retrieval_after=_retrieval_metrics(rag, examples),
+        embed_model=ContextFlowEmbedding.from_rag(rag), qa=qa)
+
+
+def _documents_only_writer(question_llm: Any, answers: Any, val_pairs: Any) -> Any:
+    if answers is not None and val_pairs is None:
+        raise ValueError("answers: answers the queries of given qa_pairs/val_pairs, got it with neither (the pairs "
+                         "are generated and carry their answers); drop answers, or pass the pairs it answers")
+    return as_question_writer(question_llm)
