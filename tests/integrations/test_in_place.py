@@ -108,7 +108,7 @@ def test_langchain_chroma_in_place_unchanged_store_ranks_like_contextflow():
 
     from contextflow_integrations.langchain import ContextFlowEmbeddings, finetune_from_vectorstore
 
-    client, name = chromadb.EphemeralClient(), f"docs-{uuid.uuid4().hex[:8]}"
+    client, name = chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False)), f"docs-{uuid.uuid4().hex[:8]}"
     store = Chroma(name, ContextFlowEmbeddings(tiny_encoder(0)), client=client,
                    collection_metadata={"hnsw:space": "ip"})
     store.add_texts(PASSAGES, ids=IDS)

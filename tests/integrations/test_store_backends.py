@@ -64,7 +64,7 @@ def _chroma(tmp_path):
     from contextflow_integrations.stores import ChromaBackend
 
     name = f"docs-{uuid.uuid4().hex[:8]}"
-    collection = chromadb.EphemeralClient().create_collection(name, configuration={"hnsw": {"space": "ip"}})
+    collection = chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False)).create_collection(name, configuration={"hnsw": {"space": "ip"}})
     backend = ChromaBackend(collection, dim=D)
     backend.upsert(ROWS)
     return backend
@@ -214,7 +214,7 @@ def test_chroma_default_l2_space_scores_are_negated_distances():
 
     from contextflow_integrations.stores import ChromaBackend
 
-    collection = chromadb.EphemeralClient().create_collection(f"l2-{uuid.uuid4().hex[:8]}")
+    collection = chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False)).create_collection(f"l2-{uuid.uuid4().hex[:8]}")
     with pytest.raises(ValueError, match="dim: the Chroma collection .* is empty"):
         ChromaBackend(collection)
     ChromaBackend(collection, dim=D).upsert(ROWS)
@@ -250,11 +250,14 @@ def _lc_stores(name, embeddings, tmp_path):
         return FAISS.from_texts(TEXTS, embeddings, ids=[f"f{i}" for i in range(len(TEXTS))],
                                 metadatas=[{"title": f"T{i}"} for i in range(len(TEXTS))])
     if name == "chroma":
+        import chromadb
         from langchain_chroma import Chroma
 
+        # one ephemeral Chroma per process: every test passes the same settings
+        client = chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False))
         return Chroma.from_texts(TEXTS, embeddings, ids=[f"c{i}" for i in range(len(TEXTS))],
                                  metadatas=[{"title": f"T{i}"} for i in range(len(TEXTS))],
-                                 collection_name=f"lc-{uuid.uuid4().hex[:8]}")
+                                 collection_name=f"lc-{uuid.uuid4().hex[:8]}", client=client)
     from langchain_qdrant import QdrantVectorStore
 
     return QdrantVectorStore.from_texts(TEXTS, embeddings, location=":memory:", collection_name="lc",
