@@ -5,13 +5,23 @@ No LangChain or LlamaIndex import ever happens here; adapters live in
 """
 from contextflow_core.config import PromptConfig, RagConfig
 from contextflow_core.models import (
-    TextEncoder, default_generator, default_question_encoder, load_encoder, load_generator,
+    TextEncoder,
+    default_generator,
+    default_question_encoder,
+    load_encoder,
+    load_generator,
 )
 from contextflow_core.prompts import PromptBuilder
 from contextflow_core.rag import RAGSequence
 from contextflow_core.rag_token import RAGToken
 from contextflow_core.retrieval import (
-    DocumentIndex, InMemoryBackend, Retriever, StoreHits, StoreRows, VectorStoreBackend, check_embedding_space,
+    DocumentIndex,
+    InMemoryBackend,
+    Retriever,
+    StoreHits,
+    StoreRows,
+    VectorStoreBackend,
+    check_embedding_space,
     refresh_store,
 )
 from contextflow_core.serving import RequestBatcher

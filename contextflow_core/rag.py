@@ -37,7 +37,9 @@ from .objectives import OBJECTIVES, Objective
 from .prompts import PromptBuilder
 from .retrieval import DocumentIndex, Retriever, as_retriever
 from .retrieval.checks import check_finite_embeddings
+from .retrieval.store import is_backend
 from .scoring import score_sequences
+from .store_rag import attach_store
 from .types import Passage, RagAnswer, RagOutput, Retrieved
 from .validation import as_int
 
@@ -66,7 +68,8 @@ class RAGSequence(nn.Module):
 
     Args:
         question_encoder: `TextEncoder` (or a HF encoder such as `DPRQuestionEncoder`).
-        retriever: `Retriever` or `DocumentIndex` holding the passages.
+        retriever: `Retriever`, `DocumentIndex`, or a vector-store backend
+            (`contextflow_core.retrieval.store.VectorStoreBackend`) holding the passages.
         generator_tokenizer: The generator's tokenizer (pad token set from EOS if missing).
         generator: A HF causal LM (plain, PEFT-wrapped or quantized).
         prompt: `PromptConfig` for f(x, z).
@@ -75,7 +78,10 @@ class RAGSequence(nn.Module):
         question_encoder_tokenizer: Tokenizer for a bare HF question encoder.
         context_encoder: Passage encoder (DPR-style two towers); None shares the
             question encoder. Used live (with gradient) for the K retrieved passages when
-            `config.train_context_encoder`, and by index refresh.
+            `config.train_context_encoder`, and by index refresh. Over a store backend,
+            None means a frozen copy of the starting question encoder (see `store_rag`).
+        store_check: Over a store backend, check that its vectors come from the passage
+            encoder (`retrieval.space_check.check_embedding_space`); False skips the check.
     """
 
     #: The objectives this model implements (`RagConfig.objective` -> loss); see `objectives.py`.
@@ -93,6 +99,7 @@ class RAGSequence(nn.Module):
         config: Optional[RagConfig] = None,
         question_encoder_tokenizer=None,
         context_encoder: Optional[TextEncoder] = None,
+        store_check: bool = True,
     ) -> None:
         super().__init__()
         self.question_encoder = wrap_question_encoder(question_encoder, question_encoder_tokenizer)
@@ -109,11 +116,18 @@ class RAGSequence(nn.Module):
         self.prompts = PromptBuilder(self.generator_tokenizer, prompt)
         self.check_objective(self.config.objective)
         self._check_dims()
+        attach_store(self, store_check)  # over a store: frozen passage encoder, embedding-space check
         if self.config.gradient_checkpointing:
             generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def _check_dims(self) -> None:
         enc_dim, index_dim = self.question_encoder.dim, self.index.dim
+        if enc_dim != index_dim and self.store is not None:
+            raise ValueError(
+                f"question_encoder: embedding size {enc_dim} differs from the dimension {index_dim} of the store "
+                f"{self.store.name!r} (embedded with {self.index.encoder_name!r}); use the encoder that embedded the store "
+                "(e.g. contextflow_integrations.stores.encoder_from_embeddings) or the copy path"
+            )
         if enc_dim != index_dim:
             raise ValueError(
                 f"question_encoder: embedding size {enc_dim} differs from the index's {index_dim} "
@@ -141,15 +155,23 @@ class RAGSequence(nn.Module):
         return default_temperature(self.question_encoder) if t is None else t
 
     @property
-    def index(self) -> DocumentIndex:
+    def index(self):
+        """The DocumentIndex, or over a store its `StoreIndex` view (len, dim, search)."""
         return self.retriever.index
 
     @property
+    def store(self):
+        """The vector-store backend retrieved from (None over a DocumentIndex)."""
+        return self.retriever.store
+
+    @property
     def prompt_config(self) -> PromptConfig:
+        """The `PromptConfig` that renders f(x, z)."""
         return self.prompts.config
 
     # -- retrieval ----------------------------------------------------------
     def resolve_num_docs(self, num_docs: Optional[int]) -> int:
+        """K for a call: `num_docs`, or the model's `RagConfig.num_docs` when None (checked positive)."""
         return as_int("num_docs", self.config.num_docs if num_docs is None else num_docs)  # numpy ints too
 
     def questions_from_ids(self, input_ids: torch.Tensor, attention_mask=None) -> list[str]:
@@ -281,6 +303,21 @@ class RAGSequence(nn.Module):
         """Context manager: this model's locks held and every module in eval, own modes restored after."""
         return eval_mode(self, self.generator, self.question_encoder, self._context_encoder)
 
+    def batcher(self, *, max_batch_size: int = 16, max_wait_ms: float = 0.0):
+        """This model's shared `serving.RequestBatcher` with these settings (made on first use).
+
+        Concurrent callers (threads, asyncio tasks, the LangChain / LlamaIndex adapters) that
+        submit single questions to it are answered in shared batched `generate` calls, with the
+        same answers as one call each. For a batcher of your own, with its own lifetime, use
+        ``RequestBatcher(model, ...)`` (a context manager).
+
+        Example:
+            >>> answer = rag.batcher().generate("Who founded Tarsk?", max_new_tokens=16)  # doctest: +SKIP
+        """
+        from .serving import shared_batcher
+
+        return shared_batcher(self, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+
     def save_pretrained(self, directory, *, save_base: bool = False) -> None:
         """Save to a new/empty folder or over a saved RAG model (never over other files); see `serialization`."""
         from .serialization import save_rag
@@ -289,7 +326,10 @@ class RAGSequence(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, **kwargs) -> "RAGSequence":
-        """Load a model saved by `save_pretrained`, in `eval()` (call `.train()` to fine-tune)."""
+        """Load a model saved by `save_pretrained`, in `eval()` (call `.train()` to fine-tune).
+
+        A model saved over a store backend needs `store=<a backend over it>` (see `serialization.load_rag`).
+        """
         from .serialization import load_rag
 
         return load_rag(cls, directory, **kwargs).eval()
@@ -300,7 +340,8 @@ class RAGSequence(nn.Module):
         """The embedded defaults (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct) over `texts_or_index`, in `eval()`.
 
         Args:
-            texts_or_index: Passage texts, or a `DocumentIndex` / `Retriever` built with the embedded encoder.
+            texts_or_index: Passage texts, or a `DocumentIndex` / `Retriever` / store backend built with the
+                embedded encoder.
             ids, titles, metadatas: Per-passage ids, titles and metadata (texts only).
             reader: Merge the shipped reader adapter into the generator (default), so it answers
                 from the passage with the answer span; False: the raw instruct model. See
@@ -314,7 +355,7 @@ class RAGSequence(nn.Module):
 
         generator, tokenizer = default_generator(reader=reader)  # first: a missing reader fails before indexing
         encoder = default_question_encoder()
-        if isinstance(texts_or_index, (DocumentIndex, Retriever)):
+        if isinstance(texts_or_index, (DocumentIndex, Retriever)) or is_backend(texts_or_index):
             index = texts_or_index
         else:
             index = DocumentIndex.from_texts(list(texts_or_index), encoder, ids=ids, titles=titles,

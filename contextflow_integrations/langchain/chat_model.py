@@ -12,7 +12,6 @@ Example:
 """
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,69 +26,23 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Chat
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, GenerationChunk
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import StoppingCriteriaList
 
 from contextflow_core.modes import eval_mode
 from contextflow_core.prompt_tokens import chat_ids
 
+from .conventions import ChatConventions, LLMConventions
 from .settings import call_settings, check_fields
+from .stops import StopCriteria, TokenQueue, cut_at_stop, held_back
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
+
+
 @contextmanager
 def inference(module: Any) -> Iterator[None]:
     """Hold `module`'s lock and run it in eval mode without gradient (each sub-module's own mode restored after)."""
     with eval_mode(module), torch.no_grad():
         yield
-
-
-# ----------------------------------------------------------------------------- stop sequences
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to (not including) the first stop sequence, and whether one was found."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest suffix of `text` that could still grow into a stop sequence."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
-
-
-class _StopCriteria(StoppingCriteria):
-    """Stops a row once its generated text holds a stop sequence, or when cancelled."""
-
-    def __init__(self, tokenizer: Any, prompt_length: int, stops: Sequence[str], cancel: threading.Event) -> None:
-        self.tokenizer, self.prompt_length, self.stops, self.cancel = tokenizer, prompt_length, list(stops), cancel
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.BoolTensor:
-        done = torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-        if self.stops and not self.cancel.is_set():
-            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
-            done = torch.tensor([cut_at_stop(t, self.stops)[1] for t in texts], device=input_ids.device)
-        return done
-
-
-class _TokenQueue(BaseStreamer):
-    """Hands each newly generated token id from the generating thread to the consumer."""
-
-    def __init__(self) -> None:
-        self.queue: "queue.Queue[Optional[list[int]]]" = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first puts the prompt
-            self._prompt_seen = True
-            return
-        self.queue.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        self.queue.put(None)
 
 
 # ----------------------------------------------------------------------------- shared fields and decoding
@@ -170,7 +123,7 @@ class _LocalGeneration(BaseModel):
         gen = {"max_new_tokens": max_tokens, "do_sample": temperature > 0,
                "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                else self.tokenizer.eos_token_id,
-               "stopping_criteria": StoppingCriteriaList([_StopCriteria(self.tokenizer, prompt_length, stops, cancel)]),
+               "stopping_criteria": StoppingCriteriaList([StopCriteria(self.tokenizer, prompt_length, stops, cancel)]),
                **kwargs}
         if timeout is not None:
             gen["max_time"] = timeout
@@ -221,7 +174,7 @@ class _LocalGeneration(BaseModel):
             if text.endswith("\ufffd"):
                 continue
             text, hit = cut_at_stop(text, stops)
-            end = len(text) if hit else len(text) - _held_back(text, stops)
+            end = len(text) if hit else len(text) - held_back(text, stops)
             if end > sent:
                 yield text[sent:end]
                 sent = end
@@ -240,7 +193,7 @@ class _LocalGeneration(BaseModel):
         """
         n_in = inputs["input_ids"].shape[1]
         stops, gen, cancel = self._settings(n_in, stop, kwargs)
-        streamer, errors, ids = _TokenQueue(), [], []
+        streamer, errors, ids = TokenQueue(), [], []
 
         def work() -> None:
             try:
@@ -306,7 +259,7 @@ def render_chat(tokenizer: Any, messages: Sequence[BaseMessage]) -> tuple[str, b
 
 
 # ----------------------------------------------------------------------------- LangChain classes
-class ChatContextFlow(_LocalGeneration, BaseChatModel):
+class ChatContextFlow(ChatConventions, _LocalGeneration, BaseChatModel):
     """A ContextFlow generator as a LangChain chat model (the generator alone, no retrieval).
 
     Every setting is honoured or refused by name (see `settings.py`): unknown fields and
@@ -382,7 +335,7 @@ class ChatContextFlow(_LocalGeneration, BaseChatModel):
             yield chunk
 
 
-class ContextFlowLLM(_LocalGeneration, LLM):
+class ContextFlowLLM(LLMConventions, _LocalGeneration, LLM):
     """A ContextFlow generator as a LangChain text-completion LLM (raw prompt, no chat template).
 
     Same fields as `ChatContextFlow`; the prompt string is fed to the generator as is.

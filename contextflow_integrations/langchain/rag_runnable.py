@@ -7,11 +7,14 @@ stay in the core.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
+from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import run_in_executor
+from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
 
@@ -19,6 +22,7 @@ from contextflow_core.generation import DECODERS
 from contextflow_core.validation import RAG_RESERVED, as_int, check_generate_kwargs, refuse_unknown
 
 from .retriever import passage_to_document
+from .tracing import answer_with_runs
 
 
 class RAGQuestion(TypedDict):
@@ -41,6 +45,9 @@ class RAGResult(TypedDict):
 
 
 RAGInput = Union[str, RAGQuestion]
+
+_TOOL_DESCRIPTION = ("Answers a question from the indexed documents with retrieval-augmented generation. "
+                     "Input: the question as plain text. Output: the answer and the source documents.")
 
 
 #: Conventional names from other components, refused with the ContextFlowRAG name to use.
@@ -76,6 +83,17 @@ def question_of(value: Any, where: str = "input") -> str:
     return question
 
 
+def _to_result(answer: Any) -> RAGResult:
+    """A `RagAnswer` as ``{"answer", "source_documents"}`` (weights in the documents' metadata)."""
+    return RAGResult(answer=answer.text,
+                     source_documents=[passage_to_document(p, weight=float(w)) for p, w in answer.sources])
+
+
+def _traced(managers: Optional[Sequence[CallbackManagerForChainRun]]) -> bool:
+    """Whether a callback handler would see the call's child runs (then it is not batched)."""
+    return bool(managers) and any(m.get_child().handlers for m in managers)  # type: ignore[union-attr]
+
+
 class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
     """Answer questions with RAG-Sequence decoding, as an LCEL-composable Runnable.
 
@@ -98,6 +116,11 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
         decoding: "thorough", "fast" or "concat" (see `contextflow_core.generation`).
         generate_kwargs: More `RAGSequence.generate` arguments (e.g. ``num_beams``),
             checked at construction.
+        batching: Answer concurrent `invoke`/`ainvoke` calls (threads, asyncio tasks) in shared
+            `generate` calls through the model's `RequestBatcher` (`RAGSequence.batcher()`), with
+            the same answers and sources as one call each. Used only while no callback handler
+            traces the call (a traced call keeps its retriever and per-pass LLM runs); False: one
+            call per `invoke`. `batch`/`abatch` are one call either way.
 
     Keyword arguments of `invoke`/`batch` (``num_docs``, ``max_new_tokens``, ``decoding``,
     HF generate arguments) override these for one call; an unknown one is an error.
@@ -115,6 +138,7 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
     max_new_tokens: int = 128
     decoding: str = "thorough"
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
+    batching: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -134,11 +158,37 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
 
     @property
     def InputType(self) -> type:  # noqa: N802 - LangChain's name
+        """A question string or ``{"question": str}`` (`RAGInput`)."""
         return RAGInput  # type: ignore[return-value]
 
     @property
     def OutputType(self) -> type:  # noqa: N802 - LangChain's name
+        """``{"answer": str, "source_documents": [Document]}`` (`RAGResult`)."""
         return RAGResult
+
+    def as_tool(self, args_schema: Optional[type] = None, *, name: Optional[str] = None,
+                description: Optional[str] = None, arg_types: Optional[dict[str, type]] = None) -> BaseTool:
+        """This RAG chain as a LangChain tool whose input is the question as plain text.
+
+        Without `args_schema` / `arg_types` the tool takes one string (an agent passes the
+        question) and returns the `RAGResult`; with them, LangChain's `Runnable.as_tool`
+        applies unchanged.
+
+        Args:
+            args_schema: LangChain's argument schema (a dict input such as ``{"question": str}``).
+            name: Tool name; default "ContextFlowRAG".
+            description: What the tool does, for the calling model; default: a sentence on
+                answering from the indexed documents.
+            arg_types: LangChain's argument types for a dict input.
+
+        Example:
+            >>> tool = ContextFlowRAG(model=rag).as_tool(name="docs_qa")  # doctest: +SKIP
+            >>> tool.invoke("Who founded Tarsk?")["answer"]  # doctest: +SKIP
+        """
+        if args_schema is not None or arg_types is not None:
+            return super().as_tool(args_schema, name=name, description=description, arg_types=arg_types)
+        return self.with_types(input_type=str).as_tool(name=name or self.get_name(),
+                                                       description=description or _TOOL_DESCRIPTION)
 
     # -- core call -------------------------------------------------------------------
     def _options(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -154,11 +204,16 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
                                                owner=f"{type(self).__name__}.invoke", reserved=reserved,
                                                also=own)}
 
-    def _answer(self, questions: list[str], options: dict[str, Any]) -> list[RAGResult]:
-        answers = self.model.generate(questions=questions, **options)  # generate holds the model's lock
-        return [RAGResult(answer=a.text,
-                          source_documents=[passage_to_document(p, weight=float(w)) for p, w in a.sources])
-                for a in answers]
+    def _answer(self, questions: list[str], options: dict[str, Any],
+                managers: Optional[Sequence[CallbackManagerForChainRun]] = None) -> list[RAGResult]:
+        """One `generate` call (it holds the model's lock); with run managers, traced (see `tracing`)."""
+        if self.batching and len(questions) == 1 and not _traced(managers) and hasattr(self.model, "batcher"):
+            answers = [self.model.batcher().generate(questions[0], **options)]  # shared with concurrent calls
+        elif managers:
+            answers = answer_with_runs(self.model, questions, options, managers)
+        else:
+            answers = self.model.generate(questions=questions, **options)
+        return [_to_result(a) for a in answers]
 
     def _question(self, value: Any, where: str) -> str:
         """The question of one input, refused (naming `where`) when its prompt frame cannot fit."""
@@ -171,22 +226,23 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
                 raise ValueError(f"{where}: {e}") from e
         return question
 
-    def _answer_each(self, questions: list[str], slots: list[int],
-                     options: dict[str, Any]) -> list[Union[RAGResult, Exception]]:
+    def _answer_each(self, questions: list[str], slots: list[int], options: dict[str, Any],
+                     managers: Optional[list[CallbackManagerForChainRun]] = None) -> list[Union[RAGResult, Exception]]:
         """One batched call; if it fails with a ValueError, one call per question (errors in their slots)."""
         try:
-            return self._answer(questions, options)  # type: ignore[return-value]
+            return self._answer(questions, options, managers)  # type: ignore[return-value]
         except ValueError:
             pass
         results: list[Union[RAGResult, Exception]] = []
-        for slot, question in zip(slots, questions):
+        for i, (slot, question) in enumerate(zip(slots, questions)):
             try:
-                results.append(self._answer([question], options)[0])
+                results.append(self._answer([question], options, managers[i:i + 1] if managers else None)[0])
             except ValueError as e:
                 results.append(ValueError(f"inputs[{slot}]: {e}"))
         return results
 
-    def _batch(self, inputs: list[RAGInput], **overrides: Any) -> list[Union[RAGResult, Exception]]:
+    def _batch(self, inputs: list[RAGInput], run_manager: Optional[list[CallbackManagerForChainRun]] = None,
+               **overrides: Any) -> list[Union[RAGResult, Exception]]:
         """Answer the valid inputs in one call; an invalid input gets its ValueError in its slot."""
         options = self._options(overrides)  # a bad option applies to every slot: the whole call fails
         outputs: list[Union[RAGResult, Exception, str]] = []
@@ -197,7 +253,8 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
                 outputs.append(e)
         valid = [i for i, out in enumerate(outputs) if isinstance(out, str)]
         if valid:
-            results = self._answer_each([outputs[i] for i in valid], valid, options)  # type: ignore[misc]
+            managers = [run_manager[i] for i in valid] if run_manager else None
+            results = self._answer_each([outputs[i] for i in valid], valid, options, managers)  # type: ignore[misc]
             for i, result in zip(valid, results):
                 outputs[i] = result
         return outputs  # type: ignore[return-value]
@@ -206,19 +263,33 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
     def invoke(self, input: RAGInput, config: Optional[RunnableConfig] = None, **kwargs: Any) -> RAGResult:
         """Answer one question."""
         options = self._options(kwargs)
-        return self._call_with_config(lambda value: self._answer([question_of(value)], options)[0], input, config)
+        return self._call_with_config(
+            lambda value, run_manager: self._answer([question_of(value)], options, [run_manager])[0], input, config)
 
     def batch(self, inputs: list[RAGInput], config: Optional[Union[RunnableConfig, list[RunnableConfig]]] = None,
               *, return_exceptions: bool = False, **kwargs: Any) -> list[RAGResult]:
         """Answer every input with one batched `generate` call."""
         if not inputs:
             return []
-        return self._batch_with_config(lambda values: self._batch(values, **kwargs), list(inputs), config,
+        return self._batch_with_config(lambda values, run_manager: self._batch(values, run_manager, **kwargs),
+                                       list(inputs), config,
                                        return_exceptions=return_exceptions)
 
     async def ainvoke(self, input: RAGInput, config: Optional[RunnableConfig] = None, **kwargs: Any) -> RAGResult:
-        """`invoke` in a worker thread."""
-        return await run_in_executor(config, self.invoke, input, config, **kwargs)
+        """Answer one question from asyncio: awaited on the model's `RequestBatcher` (no thread per call)
+        while `batching` is on and nothing traces the call; else `invoke` in a worker thread."""
+        if not (self.batching and hasattr(self.model, "batcher")):
+            return await run_in_executor(config, self.invoke, input, config, **kwargs)
+        options = self._options(kwargs)
+
+        async def answer(value: Any, run_manager: Any) -> RAGResult:
+            question = question_of(value)
+            if _traced([run_manager]):  # runs need the synchronous, recorded path
+                sync = run_manager.get_sync()
+                return (await run_in_executor(None, self._answer, [question], options, [sync]))[0]
+            return _to_result(await self.model.batcher().agenerate(question, **options))
+
+        return await self._acall_with_config(answer, input, config)
 
     async def abatch(self, inputs: list[RAGInput],
                      config: Optional[Union[RunnableConfig, list[RunnableConfig]]] = None,

@@ -154,10 +154,12 @@ class ContextFlowLLM(CustomLLM):
 
     @classmethod
     def class_name(cls) -> str:
+        """LlamaIndex's serialization name."""
         return "ContextFlowLLM"
 
     @property
     def metadata(self) -> LLMMetadata:
+        """Context window, output budget and model name, as LlamaIndex reads them."""
         return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens,
                            model_name=self.model_name, is_chat_model=False)
 

@@ -9,7 +9,14 @@ the answer's log p(y|x), the decoding mode and K.
 `query`/`aquery` are the base `BaseQueryEngine` methods, so a query opens a span
 and fires `QueryStartEvent`/`QueryEndEvent` on LlamaIndex's instrumentation
 dispatcher exactly as the built-in engines do (`CustomQueryEngine.query` does
-not fire them). `aquery` runs the model in a worker thread.
+not fire them). Inside, as in `RetrieverQueryEngine`, `retrieve` (a span with
+`RetrievalStartEvent`/`RetrievalEndEvent`; nodes scored by the prior p(z|x)) is
+followed by `synthesize` (a span with LLM start/end events per prompt of each
+decoding pass), and the legacy callback manager sees QUERY, RETRIEVE, SYNTHESIZE
+and LLM events (see `tracing`). `aquery` runs the model in a worker thread.
+
+The engine is a `PromptMixin`: `get_prompts()` returns the model's `PromptConfig`
+fields as `PromptTemplate`s and `update_prompts({...})` sets them (see `prompts`).
 
 Streaming (``streaming=True``) returns a `StreamingResponse` (`AsyncStreamingResponse`
 from `aquery`):
@@ -24,8 +31,9 @@ from `aquery`):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
-from typing import Any, AsyncGenerator, Generator, Optional
+from typing import Any, AsyncGenerator, Generator, Optional, Sequence
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.response.schema import (
@@ -35,13 +43,18 @@ from llama_index.core.base.response.schema import (
     StreamingResponse,
 )
 from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation.events.retrieval import RetrievalEndEvent, RetrievalStartEvent
 from llama_index.core.query_engine import CustomQueryEngine
-from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType
 
 from contextflow_core.generation import DECODERS
 from contextflow_core.types import RagAnswer
 from contextflow_core.validation import RAG_RESERVED, as_int, check_generate_kwargs, refuse_unknown, take_alias
 from contextflow_integrations.llamaindex.export import passage_to_node
+from contextflow_integrations.llamaindex.prompts import config_prompts, update_model_prompts
+from contextflow_integrations.llamaindex.tracing import LLMEvents, dispatcher, prior_nodes, retrieval_of, same_passages
+from contextflow_integrations.rag_trace import Retrieval, generate_recording, retrieve
 
 __all__ = ["ContextFlowQueryEngine", "source_nodes"]
 
@@ -71,9 +84,13 @@ class ContextFlowQueryEngine(CustomQueryEngine):
         streaming: Return a streaming response (see the module docstring).
         generate_kwargs: Extra arguments of `RAGSequence.generate` (e.g. num_beams), checked
             at construction. Any other field name is refused, listing the accepted ones.
+        batching: Answer concurrent queries (threads, `aquery` tasks) in shared `generate`
+            calls through the model's `RequestBatcher` (`RAGSequence.batcher()`), with the same
+            answers and sources as one call each. Used only while no callback handler,
+            instrumentation event handler or span handler is attached (traced queries keep their
+            per-pass LLM events) and the query does not stream tokens; False: one call per query.
 
-    Each query is one `generate` call, so queries gathered concurrently (`aquery`) fail
-    or succeed independently.
+    Queries gathered concurrently (`aquery`) fail or succeed independently, batched or not.
 
     Example:
         >>> engine = ContextFlowQueryEngine(rag=rag, num_docs=3)  # doctest: +SKIP
@@ -88,6 +105,8 @@ class ContextFlowQueryEngine(CustomQueryEngine):
     decoding: str = Field(default="thorough", description="'thorough', 'fast' or 'concat'.")
     streaming: bool = Field(default=False, description="Return a streaming response.")
     generate_kwargs: dict = Field(default_factory=dict, description="Extra arguments of RAGSequence.generate.")
+    batching: bool = Field(default=True, description="Answer concurrent queries in shared generate calls "
+                                                     "(the model's RequestBatcher) while nothing traces them.")
 
     @model_validator(mode="before")
     @classmethod
@@ -125,47 +144,128 @@ class ContextFlowQueryEngine(CustomQueryEngine):
     aquery = BaseQueryEngine.aquery
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        return self.custom_query(query_bundle.query_str)
+        """retrieve (span, RETRIEVE event) then synthesize (span, LLM events), inside a QUERY event."""
+        with self.callback_manager.event(CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}) \
+                as event:
+            response = self.synthesize(query_bundle, self.retrieve(query_bundle))
+            event.on_end(payload={EventPayload.RESPONSE: response})
+        return response
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        return await self.acustom_query(query_bundle.query_str)
-
-    # -- answering ----------------------------------------------------------------------
-    def _generate(self, query_str: str, **extra: Any) -> RagAnswer:
-        return self.rag.generate(questions=[query_str], num_docs=self.num_docs, max_new_tokens=self.max_new_tokens,
-                                 decoding=self.decoding, **{**self.generate_kwargs, **extra})[0]
-
-    def _metadata(self, answer: Optional[RagAnswer]) -> dict[str, Any]:
-        return {"score": None if answer is None else answer.score, "decoding": self.decoding,
-                "num_docs": self.rag.resolve_num_docs(self.num_docs)}
-
-    def custom_query(self, query_str: str) -> RESPONSE_TYPE:
-        """Answer `query_str`: a `Response`, or a `StreamingResponse` when `streaming`."""
-        if self.streaming:
-            return self._stream(query_str)
-        answer = self._generate(query_str)
-        return Response(response=answer.text, source_nodes=source_nodes(answer), metadata=self._metadata(answer))
-
-    async def acustom_query(self, query_str: str) -> RESPONSE_TYPE:
-        """As `custom_query`, with the model run in a worker thread; streams asynchronously."""
-        response = await asyncio.to_thread(self.custom_query, query_str)
+        response = await asyncio.to_thread(self._query, query_bundle)  # the span context goes along
         if isinstance(response, StreamingResponse):
             return AsyncStreamingResponse(response_gen=_async_tokens(response.response_gen),
                                           source_nodes=response.source_nodes, metadata=response.metadata)
         return response
 
+    def custom_query(self, query_str: str) -> RESPONSE_TYPE:
+        """Answer `query_str` (as `query`, without its span): a `Response`, or a `StreamingResponse`."""
+        return self._query(QueryBundle(query_str))
+
+    async def acustom_query(self, query_str: str) -> RESPONSE_TYPE:
+        """As `custom_query`, with the model run in a worker thread; streams asynchronously."""
+        return await self._aquery(QueryBundle(query_str))
+
+    # -- the two steps --------------------------------------------------------------------
+    @dispatcher.span
+    def retrieve(self, query_bundle: QueryType) -> list[NodeWithScore]:
+        """The K passages of the query as nodes scored by the prior p(z|x) (best first).
+
+        Each node's ``metadata["retrieval_score"]`` is the inner product q . d the index ranked
+        it by. Fires RetrievalStartEvent / RetrievalEndEvent and a RETRIEVE callback event.
+        """
+        bundle = QueryBundle(query_bundle) if isinstance(query_bundle, str) else query_bundle
+        dispatcher.event(RetrievalStartEvent(str_or_query_bundle=bundle))
+        with self.callback_manager.event(CBEventType.RETRIEVE, payload={EventPayload.QUERY_STR: bundle.query_str}) \
+                as event:
+            nodes = prior_nodes(retrieve(self.rag, [bundle.query_str], self.num_docs))
+            event.on_end(payload={EventPayload.NODES: nodes})
+        dispatcher.event(RetrievalEndEvent(str_or_query_bundle=bundle, nodes=nodes))
+        return nodes
+
+    @dispatcher.span
+    def synthesize(self, query_bundle: QueryBundle, nodes: list[NodeWithScore],
+                   additional_source_nodes: Optional[Sequence[NodeWithScore]] = None) -> RESPONSE_TYPE:
+        """Answer from the nodes `retrieve(query_bundle)` returned, by RAG-Sequence decoding.
+
+        Fires LLM start/end events per prompt of each decoding pass (see `tracing`) inside a
+        SYNTHESIZE callback event. The answer's `source_nodes` are scored by the posterior p(z|x,y).
+
+        Raises:
+            ValueError: `nodes` are not the ones `retrieve` returns for this query (RAG-Sequence
+                weighs its own retriever's passages), or `additional_source_nodes` are given.
+        """
+        if additional_source_nodes:
+            raise ValueError("additional_source_nodes: expected none, got "
+                             f"{len(additional_source_nodes)}; RAG-Sequence answers from its K retrieved passages")
+        retrieval = retrieval_of(query_bundle.query_str, list(nodes))
+        if self.streaming:
+            return self._stream(retrieval)
+        answer = self._generate(retrieval)
+        return Response(response=answer.text, source_nodes=source_nodes(answer), metadata=self._metadata(answer))
+
+    # -- answering ----------------------------------------------------------------------
+    def _generate(self, retrieval: Retrieval, **extra: Any) -> RagAnswer:
+        """One traced `generate` call for the retrieval's question (see `tracing`)."""
+        options = {"num_docs": self.num_docs, "max_new_tokens": self.max_new_tokens, "decoding": self.decoding,
+                   **self.generate_kwargs, **extra}
+        if self.batching and not extra and not _observed(self.callback_manager):
+            return self._generate_batched(retrieval, options)
+        events = LLMEvents(self.callback_manager, retrieval, {**self._model_dict(), **self._metadata(None)})
+        with self.callback_manager.event(CBEventType.SYNTHESIZE,
+                                         payload={EventPayload.QUERY_STR: retrieval.questions[0]}) as event:
+            try:
+                answers, _ = generate_recording(self.rag, retrieval.questions, options, retrieval, events.start)
+            except BaseException as e:
+                events.error(e)
+                raise
+            events.end(answers)
+            event.on_end(payload={EventPayload.RESPONSE: answers[0].text})
+        mismatch = same_passages(retrieval, answers[0])
+        if mismatch:
+            raise ValueError(mismatch)
+        return answers[0]
+
+    def _generate_batched(self, retrieval: Retrieval, options: dict[str, Any]) -> RagAnswer:
+        """The query through the model's shared `RequestBatcher` (concurrent queries share generate calls)."""
+        answer = self.rag.batcher().generate(retrieval.questions[0], **options)
+        mismatch = same_passages(retrieval, answer)
+        if mismatch:
+            raise ValueError(mismatch)
+        return answer
+
+    def _model_dict(self) -> dict[str, Any]:
+        config = getattr(self.rag.generator, "config", None)
+        return {"model_name": getattr(config, "_name_or_path", None) or type(self.rag.generator).__name__,
+                "max_new_tokens": self.max_new_tokens}
+
+    def _metadata(self, answer: Optional[RagAnswer]) -> dict[str, Any]:
+        return {"score": None if answer is None else answer.score, "decoding": self.decoding,
+                "num_docs": self.rag.resolve_num_docs(self.num_docs)}
+
+    # -- prompts (PromptMixin) --------------------------------------------------------------
+    def _get_prompts(self) -> dict[str, Any]:
+        """The model's `PromptConfig` fields as `PromptTemplate`s (see `llamaindex.prompts`)."""
+        return config_prompts(self.rag.prompt_config)
+
+    def _update_prompts(self, prompts_dict: dict[str, Any]) -> None:
+        """Set the model's `PromptConfig` fields named in `prompts_dict` (validated; unknown keys refused)."""
+        update_model_prompts(self.rag, prompts_dict, type(self).__name__)
+
     # -- streaming ----------------------------------------------------------------------
-    def _stream(self, query_str: str) -> StreamingResponse:
+    def _stream(self, retrieval: Retrieval) -> StreamingResponse:
         if self.decoding != "concat":
-            answer = self._generate(query_str)
+            answer = self._generate(retrieval)
             chunks = iter([answer.text] if answer.text else [])
             return StreamingResponse(response_gen=chunks, source_nodes=source_nodes(answer),
                                      metadata=self._metadata(answer))
         response = StreamingResponse(response_gen=None, source_nodes=[], metadata=self._metadata(None))
-        response.response_gen = self._concat_tokens(query_str, response)
+        context = contextvars.copy_context()  # the synthesize span's, for the events of the generating thread
+        response.response_gen = self._concat_tokens(retrieval, response, context)
         return response
 
-    def _concat_tokens(self, query_str: str, response: StreamingResponse) -> Generator[str, None, None]:
+    def _concat_tokens(self, retrieval: Retrieval, response: StreamingResponse,
+                       context: contextvars.Context) -> Generator[str, None, None]:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.rag.generator_tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -173,12 +273,12 @@ class ContextFlowQueryEngine(CustomQueryEngine):
 
         def run() -> None:
             try:
-                result["answer"] = self._generate(query_str, streamer=streamer)
+                result["answer"] = self._generate(retrieval, streamer=streamer)
             except BaseException as e:  # re-raised in the consumer below
                 result["error"] = e
                 streamer.end()
 
-        thread = threading.Thread(target=run, daemon=True)
+        thread = threading.Thread(target=context.run, args=(run,), daemon=True)
         thread.start()
         yield from (token for token in streamer if token)
         thread.join()
@@ -186,6 +286,22 @@ class ContextFlowQueryEngine(CustomQueryEngine):
             raise result["error"]
         response.source_nodes[:] = source_nodes(result["answer"])
         response.metadata.update(self._metadata(result["answer"]))
+
+
+def _observed(callback_manager: Any) -> bool:
+    """Whether a handler would see this query's LLM events (legacy callbacks or instrumentation).
+
+    Batched answers carry no per-pass recording, so the engine batches only while nothing listens.
+    """
+    if getattr(callback_manager, "handlers", None):
+        return True
+    current: Any = dispatcher
+    while current is not None:
+        handlers = [*current.event_handlers, *current.span_handlers]
+        if any(type(h).__name__ not in ("NullEventHandler", "NullSpanHandler") for h in handlers):
+            return True
+        current = current.parent if current.propagate else None
+    return False
 
 
 async def _async_tokens(tokens) -> AsyncGenerator[str, None]:
