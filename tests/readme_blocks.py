@@ -12,6 +12,10 @@ Conventions (a fence's info string: its language, then option words):
   (the test is skipped with the model ids as its reason, visible under ``pytest -ra``).
   Its import statements still run, so a renamed API fails. A ``hub`` block must name
   at least one model id (``from_pretrained("org/name")`` or ``load_encoder("org/name")``).
+- ```` ```python fragment ````: a fragment of a larger program that the page describes
+  (it needs a launcher such as ``torchrun``, a cluster, a GPU, or names set up elsewhere),
+  so it is not run (a visible skip, like ``hub``). Its import statements still run, and its
+  first line must be a ``# needs: ...`` comment that says what it needs.
 - ```` ```output ````, right after a Python block (only blank lines between): what
   that block prints. The block's stdout must equal it, line for line (trailing spaces
   and trailing blank lines aside). A block with no ``output`` fence may print anything.
@@ -35,7 +39,7 @@ from typing import Optional
 import pytest
 
 PYTHON_LANGS = ("python", "py", "python3")
-OPTIONS = ("hub",)
+OPTIONS = ("hub", "fragment")
 _FENCE = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")  # indented too (fences inside list items)
 _HUB_ID = re.compile(r"""(?:from_pretrained|load_encoder|load_generator)\(\s*["']([\w.-]+/[\w.-]+)["']""")
 
@@ -181,6 +185,11 @@ def check_block(block: Block) -> None:
         assert models, f"{block.id}: a `hub` block must load at least one hub model id (from_pretrained(\"org/name\"))"
         run_imports(block)
         pytest.skip(f"{block.id} needs hub models (tests run offline): {', '.join(models)}")
+    if "fragment" in block.options:
+        first = block.source.lstrip().splitlines()[0] if block.source.strip() else ""
+        assert first.startswith("# needs:"), f"{block.id}: a `fragment` block must start with a `# needs: ...` comment"
+        run_imports(block)
+        pytest.skip(f"{block.id} is a fragment; {first[2:]}")
     try:
         printed = run_block(block)
     except Exception as exc:  # report the page's lines, not the harness's

@@ -39,15 +39,23 @@ class _Inputs:
 
     def __init__(self, generator):
         self.rows: list[list[int]] = []
+        self.continued: list[list[int]] = []  # rows fed on top of a cached prompt (KV reuse: answers scored)
         self.handle = generator.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None or ids.shape[1] < 2:
             return
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 calls it `cache`
+        cached = cache is not None and cache.get_seq_length() > 0
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None or mask.shape != ids.shape else mask
-        self.rows += [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+        (self.continued if cached else self.rows).extend(rows)
+
+    def continued_controls(self, controls, eos: int) -> set[int]:
+        """Control ids inside continuation rows, past their first id (the prompt's last, re-fed) and a trailing EOS."""
+        return {_count(row[1:-1] if row[-1] == eos else row[1:], controls) for row in self.continued}
 
     def counts(self, controls, eos: int) -> set[int]:
         """Control ids per row, a trailing answer EOS left out: {n} when every prompt has n."""
@@ -143,6 +151,8 @@ def test_generation_prompts_get_no_injected_control_tokens(decoding):
     answers = rag.generate(questions=["What is Zorblat?" + TINY_ATTACK], max_new_tokens=3, decoding=decoding)
     assert len(answers) == 1 and seen.rows
     assert seen.counts(set(range(len(SPECIALS))), EOS) == {3}
+    # answers scored on the cached prompts (KV reuse) add no control token either
+    assert seen.continued_controls(set(range(len(SPECIALS))), EOS) <= {0}
 
 
 def test_rag_token_generation_prompts_get_no_injected_control_tokens():

@@ -213,3 +213,28 @@ def test_fences_inside_list_items_are_found_and_dedented(tmp_path):
     assert block.line == 4 and block.output == "Mivo\n"
     with pytest.raises(AssertionError, match=r"-Mivo\n\+Zorblat"):
         check_output(block, run_block(block))
+
+
+def test_fragment_blocks_say_what_they_need_run_their_imports_and_skip_visibly(tmp_path):
+    good, unsaid, bad_import = parse_blocks(_page(tmp_path, """\
+        ```python fragment
+        # needs: torchrun and a model `rag`
+        from contextflow_core.training import train_rag
+        train_rag(rag)
+        ```
+
+        ```python fragment
+        train_rag(rag)
+        ```
+
+        ```python fragment
+        # needs: nothing real
+        from contextflow_core.training import no_such_name
+        ```
+        """))
+    with pytest.raises(pytest.skip.Exception, match="is a fragment; needs: torchrun and a model `rag`"):
+        check_block(good)
+    with pytest.raises(AssertionError, match="must start with a `# needs: ...` comment"):
+        check_block(unsaid)
+    with pytest.raises(ImportError):
+        check_block(bad_import)
