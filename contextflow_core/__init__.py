@@ -3,6 +3,7 @@
 No LangChain or LlamaIndex import ever happens here; adapters live in
 `contextflow_integrations`.
 """
+
 from contextflow_core.config import PromptConfig, RagConfig
 from contextflow_core.models import (
     TextEncoder,

@@ -23,12 +23,14 @@ refused with `FileExistsError`, nothing changed.
 Example:
     >>> check_replaceable("runs/new-model", RAG)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 RAG = "contextflow-rag"
 INDEX = "contextflow-index"
@@ -40,12 +42,20 @@ _INDEX_KEYS = {"format_version", "dim", "count", "index_factory", "metric", "fil
 # Manifests written before they carried a `kind`, recognised by their fields.
 _LEGACY_SHAPES: dict[str, Callable[[dict], bool]] = {
     RAG: lambda m: m.get("format") == RAG and isinstance(m.get("files"), dict),
-    INDEX: lambda m: _INDEX_KEYS <= m.keys() and isinstance(m.get("files"), dict),
+    INDEX: lambda m: m.keys() >= _INDEX_KEYS and isinstance(m.get("files"), dict),
 }
 _SHOWN = 5
 
-__all__ = ["RAG", "INDEX", "CHECKPOINT", "KINDS", "artifact_kind", "check_replaceable", "check_manifest_paths",
-           "unlisted_files"]
+__all__ = [
+    "RAG",
+    "INDEX",
+    "CHECKPOINT",
+    "KINDS",
+    "artifact_kind",
+    "check_replaceable",
+    "check_manifest_paths",
+    "unlisted_files",
+]
 KINDS = tuple(_LABELS)
 
 
@@ -54,7 +64,7 @@ def label(kind: str) -> str:
     return _LABELS.get(kind, kind)
 
 
-def read_manifest(directory: Union[str, Path]) -> Optional[dict[str, Any]]:
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
     """The parsed `manifest.json` of `directory`, or None when absent or not a JSON object."""
     path = Path(directory) / MANIFEST
     if path.is_symlink() or not path.is_file():
@@ -66,7 +76,7 @@ def read_manifest(directory: Union[str, Path]) -> Optional[dict[str, Any]]:
     return manifest if isinstance(manifest, dict) else None
 
 
-def manifest_kind(manifest: dict[str, Any]) -> Optional[str]:
+def manifest_kind(manifest: dict[str, Any]) -> str | None:
     """The artifact kind a parsed manifest declares (or, for old manifests, its shape shows)."""
     kind = manifest.get("kind")
     if kind is not None:
@@ -74,7 +84,7 @@ def manifest_kind(manifest: dict[str, Any]) -> Optional[str]:
     return next((k for k, fits in _LEGACY_SHAPES.items() if fits(manifest)), None)
 
 
-def artifact_kind(directory: Union[str, Path]) -> Optional[str]:
+def artifact_kind(directory: str | Path) -> str | None:
     """The kind of ContextFlow artifact `directory` holds, or None."""
     manifest = read_manifest(directory)
     return manifest_kind(manifest) if manifest is not None else None
@@ -92,13 +102,13 @@ def _all_entries(root: Path) -> list[str]:
     return sorted(found)
 
 
-def unlisted_files(directory: Union[str, Path], listed) -> list[str]:
+def unlisted_files(directory: str | Path, listed) -> list[str]:
     """Entries under `directory` (recursive) that are neither `manifest.json` nor in `listed`."""
     listed = set(listed) | {MANIFEST}
     return [rel for rel in _all_entries(Path(directory)) if rel not in listed]
 
 
-def check_manifest_paths(directory: Union[str, Path], names) -> None:
+def check_manifest_paths(directory: str | Path, names) -> None:
     """Refuse manifest entries that would read outside `directory` (absolute paths, `..`, links).
 
     Raises:
@@ -107,13 +117,25 @@ def check_manifest_paths(directory: Union[str, Path], names) -> None:
     root = Path(directory)
     for name in names:
         pure = PurePosixPath(name) if isinstance(name, str) else None
-        bad = (pure is None or not name or pure.is_absolute() or ".." in pure.parts or "\\" in name
-               or (len(name) > 1 and name[1] == ":"))
-        if not bad and any((root / Path(*pure.parts[:i])).is_symlink() for i in range(1, len(pure.parts) + 1)):
+        bad = (
+            pure is None
+            or not name
+            or pure.is_absolute()
+            or ".." in pure.parts
+            or "\\" in name
+            or (len(name) > 1 and name[1] == ":")
+        )
+        if (
+            not bad
+            and pure is not None
+            and any((root / Path(*pure.parts[:i])).is_symlink() for i in range(1, len(pure.parts) + 1))
+        ):
             bad = True
         if bad:
-            raise ValueError(f"{root / MANIFEST}: entry {name!r} is not a plain file inside {root} "
-                             "(absolute path, '..' or a symbolic link); refusing to load from outside the folder")
+            raise ValueError(
+                f"{root / MANIFEST}: entry {name!r} is not a plain file inside {root} "
+                "(absolute path, '..' or a symbolic link); refusing to load from outside the folder"
+            )
 
 
 def _shown(names: list[str]) -> str:
@@ -125,10 +147,11 @@ def _refusal(target: Path, kind: str, why: str) -> FileExistsError:
     return FileExistsError(
         f"{target}: refusing to write a {label(kind)} there: {why}. Nothing was changed. "
         "ContextFlow only replaces a folder that holds a ContextFlow artifact of the same kind and nothing else; "
-        "save into a new or empty folder instead (or move those files away)")
+        "save into a new or empty folder instead (or move those files away)"
+    )
 
 
-def check_replaceable(target: Union[str, Path], kind: str) -> Path:
+def check_replaceable(target: str | os.PathLike[str], kind: str) -> Path:
     """Check that `target` may receive a `kind` artifact; returns the resolved path to write.
 
     A symlink (at `target` or above it) is resolved: the artifact is written behind
@@ -150,13 +173,14 @@ def check_replaceable(target: Union[str, Path], kind: str) -> Path:
         return final
     manifest = read_manifest(final)
     found = manifest_kind(manifest) if manifest is not None else None
-    if found is None:
+    if manifest is None or found is None:
         raise _refusal(final, kind, f"it holds files ContextFlow did not write ({_shown(entries)})")
     if found != kind:
         raise _refusal(final, kind, f"it holds a {label(found)}, a different kind of artifact")
     files = manifest.get("files")
     extra = unlisted_files(final, files if isinstance(files, dict) else {})
     if extra:
-        raise _refusal(final, kind, f"besides the {label(kind)} it holds files its manifest does not list "
-                                    f"({_shown(extra)})")
+        raise _refusal(
+            final, kind, f"besides the {label(kind)} it holds files its manifest does not list ({_shown(extra)})"
+        )
     return final

@@ -13,6 +13,7 @@ Example:
     $ contextflow eval --model runs/a/model --data test.jsonl
     $ contextflow ask --model runs/a/model "Who founded Tarsk?"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,11 @@ import json
 import os
 import re
 import sys
+import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from contextflow_core.artifacts import INDEX, RAG, check_replaceable
 from contextflow_core.config import TrainConfig, from_dict
@@ -46,7 +49,7 @@ def docstring_attributes(cls) -> dict[str, str]:
         return {}
     found: dict[str, str] = {}
     name = None
-    for line in lines[lines.index("Attributes:") + 1:]:
+    for line in lines[lines.index("Attributes:") + 1 :]:
         match = re.match(r"^ {4}(\w+): (.*)$", line)
         if match:
             name, found[match.group(1)] = match.group(1), match.group(2).strip()
@@ -73,7 +76,9 @@ def _free_value(text: str) -> Any:
 
 def _argument_kwargs(hint: Any) -> dict[str, Any]:
     args = typing.get_args(hint)
-    optional = typing.get_origin(hint) is typing.Union and type(None) in args
+    optional = (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    )  # Optional[X], X | None
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
     if base is bool:
         return {"action": argparse.BooleanOptionalAction}
@@ -85,8 +90,9 @@ def _argument_kwargs(hint: Any) -> dict[str, Any]:
     return {"type": _free_value, "metavar": "VALUE"}
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, exclude: Sequence[str] = (),
-                            title: Optional[str] = None) -> list[str]:
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls, exclude: Sequence[str] = (), title: str | None = None
+) -> list[str]:
     """Add `--field-name` for every field of dataclass `cls`; returns the field names added.
 
     Types come from the annotations (bool -> `--x/--no-x`, list -> several values,
@@ -102,8 +108,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, exclude: Seque
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         text = f"{helps.get(f.name, '')} (default: {default!r})".replace("%", "%%")
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS, help=text,
-                           **_argument_kwargs(hints[f.name]))
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=text,
+            **_argument_kwargs(hints[f.name]),
+        )
         names.append(f.name)
     return names
 
@@ -121,8 +132,9 @@ def load_config_file(path: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as e:
-            raise ValueError(f"--config: {path} is YAML but PyYAML is not installed; pip install pyyaml "
-                             "or use JSON") from e
+            raise ValueError(
+                f"--config: {path} is YAML but PyYAML is not installed; pip install pyyaml or use JSON"
+            ) from e
         data = yaml.safe_load(text)
     else:
         try:
@@ -130,8 +142,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         except json.JSONDecodeError as e:
             raise ValueError(f"--config: {path} is not valid JSON ({e.msg}, line {e.lineno})") from e
     if not isinstance(data, dict):
-        raise ValueError(f"--config: expected a mapping of option names to values in {path}, "
-                         f"got {type(data).__name__}")
+        raise ValueError(f"--config: expected a mapping of option names to values in {path}, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -144,7 +155,7 @@ def _encoder(spec: str):
     return default_question_encoder() if spec == EMBEDDED else load_encoder(spec)
 
 
-def _generator(spec: str, reader: Optional[bool] = None):
+def _generator(spec: str, reader: bool | None = None):
     """The embedded generator (with the reader unless `reader` is False) or a path/hub id."""
     from contextflow_core.models import default_generator, load_generator
 
@@ -158,11 +169,15 @@ def _check_reader_flag(args) -> None:
         return
     flag = "--reader" if reader else "--no-reader"
     if getattr(args, "model", None):
-        raise ValueError(f"{flag}: --model {args.model} keeps the generator it was saved with (its "
-                         "rag_config.json records the reader); drop the flag")
+        raise ValueError(
+            f"{flag}: --model {args.model} keeps the generator it was saved with (its "
+            "rag_config.json records the reader); drop the flag"
+        )
     if args.generator != EMBEDDED:
-        raise ValueError(f"{flag}: the reader adapter fits --generator embedded only, got --generator "
-                         f"{args.generator}; drop the flag")
+        raise ValueError(
+            f"{flag}: the reader adapter fits --generator embedded only, got --generator "
+            f"{args.generator}; drop the flag"
+        )
 
 
 def _index(args, encoder):
@@ -172,10 +187,10 @@ def _index(args, encoder):
     if getattr(args, "index", None):
         return DocumentIndex.load(args.index)
     if getattr(args, "passages", None):
-        return DocumentIndex.from_passages(load_passages(args.passages), encoder,
-                                           index_factory=getattr(args, "factory", "Flat"))
-    raise ValueError("--model, --index or --passages: expected one of them to say where the passages are, "
-                     "got none")
+        return DocumentIndex.from_passages(
+            load_passages(args.passages), encoder, index_factory=getattr(args, "factory", "Flat")
+        )
+    raise ValueError("--model, --index or --passages: expected one of them to say where the passages are, got none")
 
 
 def _model(args):
@@ -193,15 +208,21 @@ def _model(args):
 
 def _add_model_source(parser: argparse.ArgumentParser, training: bool = False) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", help="a folder written by RAGSequence.save_pretrained"
-                       + (" to continue training" if training else ""))
+    group.add_argument(
+        "--model",
+        help="a folder written by RAGSequence.save_pretrained" + (" to continue training" if training else ""),
+    )
     group.add_argument("--index", help="a DocumentIndex folder (from `contextflow index build`)")
     group.add_argument("--passages", help="passages JSONL (id, text[, title, metadata]) to index on the fly")
     group.add_argument("--encoder", default=EMBEDDED, help="question encoder: 'embedded' or a path/hub id")
     group.add_argument("--generator", default=EMBEDDED, help="generator LLM: 'embedded' or a path/hub id")
-    group.add_argument("--reader", action=argparse.BooleanOptionalAction, default=None,
-                       help="merge the shipped reader adapter into --generator embedded (default: on); "
-                       "--no-reader: the raw SmolLM2-135M-Instruct")
+    group.add_argument(
+        "--reader",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="merge the shipped reader adapter into --generator embedded (default: on); "
+        "--no-reader: the raw SmolLM2-135M-Instruct",
+    )
 
 
 # ---------------------------------------------------------------------------- subcommands
@@ -213,8 +234,9 @@ def _cmd_index_build(args) -> None:
 
     check_replaceable(args.out, INDEX)  # refuse before the (slow) encoding, not after
     passages = load_passages(args.passages)
-    index = DocumentIndex.from_passages(passages, _encoder(args.encoder), index_factory=args.factory,
-                                        batch_size=args.batch_size)
+    index = DocumentIndex.from_passages(
+        passages, _encoder(args.encoder), index_factory=args.factory, batch_size=args.batch_size
+    )
     index.save(args.out)
     print(f"indexed {len(index)} passages (dim {index.dim}, {args.factory}) into {args.out}")
 
@@ -242,8 +264,10 @@ def _check_save_model(out: Path, output_dir: Path) -> None:
     """Refuse, before training, a --save-model folder the save would have to refuse after it."""
     out_real, run_real = Path(os.path.realpath(out)), Path(os.path.realpath(output_dir))
     if out_real == run_real or out_real in run_real.parents:
-        raise ValueError(f"--save-model: {out} would hold the run's checkpoints and metrics (--output-dir "
-                         f"{output_dir}); pick a folder of its own, e.g. the default {output_dir / 'model'}")
+        raise ValueError(
+            f"--save-model: {out} would hold the run's checkpoints and metrics (--output-dir "
+            f"{output_dir}); pick a folder of its own, e.g. the default {output_dir / 'model'}"
+        )
     check_replaceable(out, RAG)
 
 
@@ -252,9 +276,16 @@ def _cmd_eval(args) -> None:
     from contextflow_core.training import format_table
 
     _require(args, "data")
-    metrics = evaluate(_model(args), args.data, batch_size=args.batch_size, num_docs=args.num_docs,
-                       generate=not args.no_generate, max_new_tokens=args.max_new_tokens, decoding=args.decoding,
-                       progress=True)
+    metrics = evaluate(
+        _model(args),
+        args.data,
+        batch_size=args.batch_size,
+        num_docs=args.num_docs,
+        generate=not args.no_generate,
+        max_new_tokens=args.max_new_tokens,
+        decoding=args.decoding,
+        progress=True,
+    )
     print(format_table(metrics, title=f"evaluation on {args.data}"))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -263,8 +294,12 @@ def _cmd_eval(args) -> None:
 
 def _cmd_ask(args) -> None:
     model = _model(args)
-    answers = model.generate(questions=[" ".join(args.question)], num_docs=args.num_docs,
-                             max_new_tokens=args.max_new_tokens, decoding=args.decoding)
+    answers = model.generate(
+        questions=[" ".join(args.question)],
+        num_docs=args.num_docs,
+        max_new_tokens=args.max_new_tokens,
+        decoding=args.decoding,
+    )
     answer = answers[0]
     if args.json:
         sources = [{"id": p.id, "title": p.title, "text": p.text, "weight": w} for p, w in answer.sources]
@@ -322,8 +357,12 @@ def _subparser(subs, name: str, handler, help_text: str) -> argparse.ArgumentPar
 def _add_generation(parser: argparse.ArgumentParser, tokens: int) -> None:
     parser.add_argument("--num-docs", type=int, help="K passages per question (default: the model's)")
     parser.add_argument("--max-new-tokens", type=int, default=tokens, help=f"answer budget (default: {tokens})")
-    parser.add_argument("--decoding", default="thorough", choices=("thorough", "fast", "concat"),
-                        help="RAG decoding mode (default: thorough)")
+    parser.add_argument(
+        "--decoding",
+        default="thorough",
+        choices=("thorough", "fast", "concat"),
+        help="RAG decoding mode (default: thorough)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,8 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     index = subs.add_parser("index", help="build a passage index").add_subparsers(dest="action", metavar="ACTION")
     build = _subparser(index, "build", _cmd_index_build, "embed passages and save a FAISS index")
     build.add_argument("--passages", required=True, help="passages JSONL (id, text[, title, metadata])")
-    build.add_argument("--out", required=True, help="folder to write the index to: new, empty, or a saved index "
-                       "(replaced); any other folder is refused")
+    build.add_argument(
+        "--out",
+        required=True,
+        help="folder to write the index to: new, empty, or a saved index (replaced); any other folder is refused",
+    )
     build.add_argument("--factory", default="Flat", help="FAISS factory string (Flat, HNSW32, IVF256,Flat, ...)")
     build.add_argument("--encoder", default=EMBEDDED, help="'embedded' or a path/hub id")
     build.add_argument("--batch-size", type=int, default=64, help="encoding batch size")
@@ -346,8 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--val", help="validation QA file")
     data.add_argument("--batch-size", type=int, default=8, help="questions per training batch (default: 8)")
     data.add_argument("--eval-batch-size", type=int, default=8, help="questions per evaluation batch (default: 8)")
-    data.add_argument("--save-model", help="where to save the trained model (default: OUTPUT_DIR/model): new, empty, "
-                      "or a saved model (replaced); any other folder is refused before training starts")
+    data.add_argument(
+        "--save-model",
+        help="where to save the trained model (default: OUTPUT_DIR/model): new, empty, "
+        "or a saved model (replaced); any other folder is refused before training starts",
+    )
     add_dataclass_arguments(train, TrainConfig, title="training (TrainConfig)")
     evaluate = _subparser(subs, "eval", _cmd_eval, "evaluate a model on QA data")
     _add_model_source(evaluate)
@@ -364,18 +409,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _subparser(subs, "demo", _cmd_demo, "train and evaluate the embedded models on synthetic data")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.add_argument("--output-dir", default="runs/demo", help="where the demo writes (default: runs/demo)")
-    doctor = _subparser(subs, "doctor", _cmd_doctor, "check the installation: torch build, extras, embedded "
-                        "models, cache folder, GPU; prints the command for what is missing (exit 1: core broken)")
+    doctor = _subparser(
+        subs,
+        "doctor",
+        _cmd_doctor,
+        "check the installation: torch build, extras, embedded "
+        "models, cache folder, GPU; prints the command for what is missing (exit 1: core broken)",
+    )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
-    doctor.add_argument("--require", nargs="+", metavar="EXTRA", help="extras that must be installed too "
-                        "(e.g. langchain embedded): exit 1 when one is missing")
+    doctor.add_argument(
+        "--require",
+        nargs="+",
+        metavar="EXTRA",
+        help="extras that must be installed too (e.g. langchain embedded): exit 1 when one is missing",
+    )
     from contextflow_core.cli_qa import add_qa_commands
 
     add_qa_commands(subs, _subparser)  # `qa generate` (cli_qa.py)
     return parser
 
 
-def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
         sub = args.subparser
@@ -392,7 +446,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> ar
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `contextflow` console script; returns the exit status."""
     parser = build_parser()
     args = _parse(parser, argv)

@@ -8,11 +8,13 @@ training, after joint training), save the curves plot and the model, and answer 
 few held-out questions with sources in each decoding mode. All figures printed
 come from this run.
 """
+
 from __future__ import annotations
 
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,18 +29,34 @@ METRICS = ("loss", "exact_match", "f1", "recall@1", "recall@k", "mrr")
 def _header() -> str:
     import transformers
 
-    return (f"device=cpu threads={torch.get_num_threads()} python={platform.python_version()} "
-            f"torch={torch.__version__} transformers={transformers.__version__}")
+    return (
+        f"device=cpu threads={torch.get_num_threads()} python={platform.python_version()} "
+        f"torch={torch.__version__} transformers={transformers.__version__}"
+    )
 
 
 def _train_config(output_dir: Path, steps: int, seed: int):
     from .config import TrainConfig
 
     return TrainConfig(
-        num_epochs=10, max_steps=steps, learning_rate=2e-4, question_encoder_lr=5e-5, generator_lr=1e-3,
-        train_mode="joint", generator_lora=True, lora_r=16, lora_alpha=32, warmup_ratio=0.1,
-        eval_steps=steps // 2, save_steps=steps // 2, output_dir=str(output_dir), resume=False,
-        save_total_limit=1, log_every=2, seed=seed, num_docs=4,
+        num_epochs=10,
+        max_steps=steps,
+        learning_rate=2e-4,
+        question_encoder_lr=5e-5,
+        generator_lr=1e-3,
+        train_mode="joint",
+        generator_lora=True,
+        lora_r=16,
+        lora_alpha=32,
+        warmup_ratio=0.1,
+        eval_steps=steps // 2,
+        save_steps=steps // 2,
+        output_dir=str(output_dir),
+        resume=False,
+        save_total_limit=1,
+        log_every=2,
+        seed=seed,
+        num_docs=4,
     )
 
 
@@ -81,13 +99,20 @@ def main(quick: bool = False, output_dir: str = "runs/demo", seed: int = 0) -> d
     torch.manual_seed(seed)
     print(_header())
     data = make_synthetic(num_entities=entities, seed=seed)
-    print(f"synthetic corpus: {len(data.passages)} passages, {len(data.train)} train / "
-          f"{len(data.val)} val / {len(data.test)} test questions")
+    print(
+        f"synthetic corpus: {len(data.passages)} passages, {len(data.train)} train / "
+        f"{len(data.val)} val / {len(data.test)} test questions"
+    )
     p = data.passages
-    model = RAGSequence.from_defaults([x.text for x in p], ids=[x.id for x in p], titles=[x.title for x in p],
-                                      metadatas=[x.metadata for x in p], num_docs=4)
+    model = RAGSequence.from_defaults(
+        [x.text for x in p],
+        ids=[x.id for x in p],
+        titles=[x.title for x in p],
+        metadatas=[x.metadata for x in p],
+        num_docs=4,
+    )
     test = data.test[:n_eval]
-    kwargs = dict(decoding="fast", max_new_tokens=16, batch_size=4, progress=True)
+    kwargs: dict[str, Any] = dict(decoding="fast", max_new_tokens=16, batch_size=4, progress=True)
     raw = _evaluate_raw(model.retriever, test, kwargs)
     reader = evaluate(model, test, **kwargs)
     config = _train_config(out / "train", steps, seed)
@@ -95,8 +120,11 @@ def main(quick: bool = False, output_dir: str = "runs/demo", seed: int = 0) -> d
     val_dl = make_dataloader(data.val[:8], batch_size=4, shuffle=False)
     history = train_rag(model, train_dl, val_dl, config=config)
     after = evaluate(model, test, **kwargs)
-    print(format_table(comparison_rows(raw, reader, after),
-                       title=f"held-out test questions (n={len(test)}, K=4, fast decoding)"))
+    print(
+        format_table(
+            comparison_rows(raw, reader, after), title=f"held-out test questions (n={len(test)}, K=4, fast decoding)"
+        )
+    )
     model.save_pretrained(out / "model")
     print(f"saved model to {out / 'model'}; curves and metrics in {out / 'train'}")
     _show_answers(model, test[:n_show], num_docs=4)

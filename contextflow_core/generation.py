@@ -36,9 +36,10 @@ with sources weighted by p(z_k | x, y) and a score as above.
 
 Shapes: B questions, K passages, R returned sequences per prompt, C candidates.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -63,10 +64,10 @@ def _first_eos_cut(model, new: torch.Tensor) -> list[list[int]]:
     eos = torch.tensor(sorted(_eos_ids(model)), device=new.device)
     is_eos = torch.isin(new, eos)
     lengths = torch.where(is_eos.any(-1), is_eos.long().argmax(-1), new.shape[1]).tolist()
-    return [row[:n] for row, n in zip(new.tolist(), lengths)]
+    return [row[:n] for row, n in zip(new.tolist(), lengths, strict=True)]
 
 
-def _run_generate(model, encoded, max_new_tokens: int, cache: Optional[PromptCache], **kwargs) -> list[str]:
+def _run_generate(model, encoded, max_new_tokens: int, cache: PromptCache | None, **kwargs) -> list[str]:
     """Generate R continuations per prompt: their texts (N*R), decoded without special tokens and stripped.
 
     Only the text is kept: every mode scores the returned text by teacher forcing
@@ -85,11 +86,11 @@ def _run_generate(model, encoded, max_new_tokens: int, cache: Optional[PromptCac
     sequences = out.sequences if hasattr(out, "sequences") else out
     if cache is not None:
         cache.add(out, inputs)
-    new = sequences[:, inputs["input_ids"].shape[1]:]  # (N*R, new)
+    new = sequences[:, inputs["input_ids"].shape[1] :]  # (N*R, new)
     return [t.strip() for t in tok.batch_decode(_first_eos_cut(model, new), skip_special_tokens=True)]
 
 
-def _generate_in_chunks(model, encoded, max_new_tokens: int, kwargs) -> tuple[list[str], Optional[PromptCache]]:
+def _generate_in_chunks(model, encoded, max_new_tokens: int, kwargs) -> tuple[list[str], PromptCache | None]:
     """`_run_generate` over micro-batches of `config.micro_batch_size` prompts (all at once when None).
 
     Returns the texts and the prompts' `PromptCache` (None when `kv_reuse_fallback` says why not).
@@ -112,19 +113,26 @@ def _generate_per_passage(model, questions, passages, max_new_tokens, kwargs):
     return [[texts[(b * K + k) * R : (b * K + k + 1) * R] for k in range(K)] for b in range(len(questions))], cache
 
 
-def _score_encoded(model, encoded, cache: Optional[PromptCache] = None, prompts=()) -> torch.Tensor:
+def _score_encoded(model, encoded, cache: PromptCache | None = None, prompts=()) -> torch.Tensor:
     """(N,) log p(answer + EOS | prompt) by teacher forcing, as `model.score` computes it (float32, CPU).
 
     With `cache`, pair i is scored on the KV of cached prompt `prompts[i]` (only its answer tokens run).
     """
     if not encoded:
         return torch.empty(0)
-    return score_with_cache(model.generator, cache, prompts, encoded, model.prompts.collate,
-                            mode=model.config.scoring, micro_batch_size=model.config.micro_batch_size,
-                            length_normalize=model.config.length_normalize)
+    return score_with_cache(
+        model.generator,
+        cache,
+        prompts,
+        encoded,
+        model.prompts.collate,
+        mode=model.config.scoring,
+        micro_batch_size=model.config.micro_batch_size,
+        length_normalize=model.config.length_normalize,
+    )
 
 
-def _answer(text: str, passages: Sequence[Passage], weights: torch.Tensor, score: float) -> RagAnswer:
+def _answer(text: str, passages: Sequence[Passage], weights: torch.Tensor, score: float | torch.Tensor) -> RagAnswer:
     order = torch.argsort(weights, descending=True).tolist()
     return RagAnswer(text=text, sources=[(passages[i], float(weights[i])) for i in order], score=float(score))
 
@@ -136,7 +144,7 @@ def _no_answer(passages: Sequence[Passage], doc_lp: torch.Tensor) -> RagAnswer:
 
 def _unique(texts_per_passage) -> list[str]:
     """Non-empty candidate texts in order of appearance (empty ones are never candidates)."""
-    seen = {}
+    seen: dict[str, None] = {}
     for texts in texts_per_passage:
         for t in texts:
             if t:
@@ -148,8 +156,8 @@ def _thorough(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> lis
     cands_by_q, cache = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
     candidates = [_unique(c) for c in cands_by_q]
     K = doc_lp.shape[1]
-    flat_q = [q for q, cs in zip(questions, candidates) for _ in cs]
-    flat_p = [p for p, cs in zip(passages, candidates) for _ in cs]
+    flat_q = [q for q, cs in zip(questions, candidates, strict=True) for _ in cs]
+    flat_p = [p for p, cs in zip(passages, candidates, strict=True) for _ in cs]
     flat_a = [c for cs in candidates for c in cs]
     encoded = model.prompts.encode_batch(flat_q, flat_p, flat_a) if flat_a else []
     prompts = [b * K + k for b, cs in enumerate(candidates) for _ in cs for k in range(K)]
@@ -171,11 +179,18 @@ def _thorough(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> lis
 def _fast(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
     cands_by_q, cache = _generate_per_passage(model, questions, passages, max_new_tokens, kwargs)
     K = doc_lp.shape[1]
-    pairs = [[(k, t) for k, texts in enumerate(per_passage) for t in dict.fromkeys(texts) if t]
-             for per_passage in cands_by_q]  # (passage that produced it, text), deduplicated
-    encoded = model.prompts.encode_batch([q for q, ps in zip(questions, pairs) for _ in ps],
-                                         [[passages[b][k]] for b, ps in enumerate(pairs) for k, _ in ps],
-                                         [t for ps in pairs for _, t in ps]) if any(pairs) else []
+    pairs = [
+        [(k, t) for k, texts in enumerate(per_passage) for t in dict.fromkeys(texts) if t] for per_passage in cands_by_q
+    ]  # (passage that produced it, text), deduplicated
+    encoded = (
+        model.prompts.encode_batch(
+            [q for q, ps in zip(questions, pairs, strict=True) for _ in ps],
+            [[passages[b][k]] for b, ps in enumerate(pairs) for k, _ in ps],
+            [t for ps in pairs for _, t in ps],
+        )
+        if any(pairs)
+        else []
+    )
     prompts = [b * K + k for b, ps in enumerate(pairs) for k, _ in ps]
     seq_lp = _score_encoded(model, encoded, cache, prompts)  # (P,) each text under its own passage only
     answers, i = [], 0
@@ -194,13 +209,18 @@ def _fast(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[Ra
 
 
 def _concat(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[RagAnswer]:
-    encoded = [model.prompts.encode(q, ps) for q, ps in zip(questions, passages)]
+    encoded = [model.prompts.encode(q, ps) for q, ps in zip(questions, passages, strict=True)]
     kwargs = {k: v for k, v in kwargs.items() if k != "num_return_sequences"}
     texts, cache = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
     scored = [b for b, t in enumerate(texts) if t]
     K = doc_lp.shape[1]
-    per_passage = model.prompts.encode_batch([questions[b] for b in scored], [passages[b] for b in scored],
-                                             [texts[b] for b in scored]) if scored else []
+    per_passage = (
+        model.prompts.encode_batch(
+            [questions[b] for b in scored], [passages[b] for b in scored], [texts[b] for b in scored]
+        )
+        if scored
+        else []
+    )
     together = [model.prompts.encode(questions[b], passages[b], texts[b]) for b in scored]
     seq_lp = _score_encoded(model, per_passage).view(-1, K)  # (S, K): each passage alone, for the weights
     concat_lp = _score_encoded(model, together, cache, scored)  # (S,) on the joint prompt's cache
@@ -215,8 +235,9 @@ Decoder = Callable[..., list[RagAnswer]]
 DECODERS: dict[str, Decoder] = {"thorough": _thorough, "fast": _fast, "concat": _concat}
 
 
-def rag_generate(model, questions: list[str], num_docs: int, max_new_tokens: int, decoding: str,
-                 **generate_kwargs) -> list[RagAnswer]:
+def rag_generate(
+    model, questions: list[str], num_docs: int, max_new_tokens: int, decoding: str, **generate_kwargs
+) -> list[RagAnswer]:
     """Answer `questions` with `model` (a RAGSequence) using the named decoding mode."""
     if decoding not in DECODERS:
         raise ValueError(f"decoding: expected one of {sorted(DECODERS)}, got {decoding!r}")
@@ -253,8 +274,16 @@ def _cache_kwargs(generator, output) -> dict:
     return {"past_key_values": output.past_key_values}
 
 
-def rag_token_generate(model, questions: list[str], num_docs: int, max_new_tokens: int, *,
-                       do_sample: bool = False, temperature: float = 1.0, top_k=None) -> list[RagAnswer]:
+def rag_token_generate(
+    model,
+    questions: list[str],
+    num_docs: int,
+    max_new_tokens: int,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k=None,
+) -> list[RagAnswer]:
     """RAG-Token decoding: K KV caches in parallel, one shared token stream per question.
 
     Each step picks y_t from sum_k p(z_k|x) p(y_t | f(x,z_k), y_<t) and feeds it
@@ -269,8 +298,9 @@ def rag_token_generate(model, questions: list[str], num_docs: int, max_new_token
     batch = model.prompts.collate(model.prompts.encode_batch(questions, retrieved.passages))
     device = next(gen.parameters()).device
     mask, pos = batch["attention_mask"].to(device), batch["position_ids"].to(device)
-    out = gen(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=pos,
-              use_cache=True, logits_to_keep=1)
+    out = gen(
+        input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
+    )
     doc_lp = doc_lp.to(device)
     eos = torch.tensor(sorted(_eos_ids(model)), device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -285,8 +315,13 @@ def rag_token_generate(model, questions: list[str], num_docs: int, max_new_token
             break
         mask = torch.cat([mask, mask.new_ones(B * K, 1)], -1)
         pos = pos[:, -1:] + 1
-        out = gen(input_ids=nxt.repeat_interleave(K).unsqueeze(-1), attention_mask=mask, position_ids=pos,
-                  use_cache=True, **_cache_kwargs(gen, out))
+        out = gen(
+            input_ids=nxt.repeat_interleave(K).unsqueeze(-1),
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            **_cache_kwargs(gen, out),
+        )
     ids = torch.stack(steps, -1) if steps else torch.empty(B, 0, dtype=torch.long, device=device)
     texts = [t.strip() for t in tok.batch_decode(_first_eos_cut(model, ids), skip_special_tokens=True)]
     return _token_answers(model, questions, doc_lp.cpu(), retrieved.passages, texts)
@@ -298,8 +333,9 @@ def _token_answers(model, questions, doc_lp, passages, texts) -> list[RagAnswer]
     answers = [_no_answer(passages[b], doc_lp[b]) for b in range(len(texts))]
     if not scored:
         return answers
-    token_lp, mask = model.score_tokens([questions[b] for b in scored], [passages[b] for b in scored],
-                                        [texts[b] for b in scored])  # (S, K, T), (S, T)
+    token_lp, mask = model.score_tokens(
+        [questions[b] for b in scored], [passages[b] for b in scored], [texts[b] for b in scored]
+    )  # (S, K, T), (S, T)
     token_lp, mask, prior = token_lp.float().cpu(), mask.cpu(), doc_lp[scored]
     scores = -rag_token_nll(prior, token_lp, mask, reduction="none")  # (S,)
     weights = posterior_doc_probs(prior, token_lp.sum(-1))  # (S, K)

@@ -18,6 +18,7 @@ Example:
     >>> open(os.path.join(root, "ckpt", "a.txt")).read()
     'hello'
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,13 +28,21 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_dir", "sha256_file", "sha256_bytes", "fsync_dir",
-           "remove_stale_siblings"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_dir",
+    "sha256_file",
+    "sha256_bytes",
+    "fsync_dir",
+    "remove_stale_siblings",
+]
 
 
 def fsync_dir(path: PathLike) -> None:
@@ -121,7 +130,7 @@ _TMP, _OLD = "cf-tmp", "cf-old"
 _IN_FLIGHT: set[str] = set()  # this process's temporary folders still being written
 
 
-def _sibling_pattern(name: str) -> "re.Pattern[str]":
+def _sibling_pattern(name: str) -> re.Pattern[str]:
     """Temp/backup siblings of `name`: ours (`.NAME.cf-tmp-PID-X`), the old code's (`.NAME.tmp-X`/`.old-X`)."""
     n = re.escape(name)
     return re.compile(rf"^\.{n}\.(?:(?:{_TMP}|{_OLD})-(?P<pid>\d+)-\w+|tmp-\w{{8}}|old-[0-9a-f]{{8}})$")
@@ -150,15 +159,18 @@ def remove_stale_siblings(final_dir: PathLike) -> list[Path]:
         The folders removed.
     """
     final = Path(final_dir)
-    pattern, removed = _sibling_pattern(final.name), []
+    pattern, removed = _sibling_pattern(final.name), list[Path]()
     if not final.parent.is_dir():
         return removed
     for path in final.parent.iterdir():
         match = pattern.match(path.name)
         if not match or path.is_symlink() or not path.is_dir() or os.fspath(path) in _IN_FLIGHT:
             continue
-        if match.group("pid") is not None and int(match.group("pid")) != os.getpid() \
-                and _pid_alive(int(match.group("pid"))):
+        if (
+            match.group("pid") is not None
+            and int(match.group("pid")) != os.getpid()
+            and _pid_alive(int(match.group("pid")))
+        ):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
@@ -166,7 +178,7 @@ def remove_stale_siblings(final_dir: PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(final_dir: PathLike, kind: Optional[str] = None) -> Iterator[Path]:
+def atomic_dir(final_dir: PathLike, kind: str | None = None) -> Iterator[Path]:
     """Build a directory in a temporary sibling and move it into place on success.
 
     Write everything into the yielded path. When the `with` block ends without
@@ -218,7 +230,7 @@ def atomic_dir(final_dir: PathLike, kind: Optional[str] = None) -> Iterator[Path
     remove_stale_siblings(final)
 
 
-def _checked_target(final_dir: PathLike, kind: Optional[str]) -> Path:
+def _checked_target(final_dir: PathLike, kind: str | None) -> Path:
     from contextflow_core.artifacts import check_replaceable
 
     if kind is not None:
@@ -226,8 +238,9 @@ def _checked_target(final_dir: PathLike, kind: Optional[str]) -> Path:
     final = Path(os.path.realpath(os.fspath(final_dir)))
     if os.path.lexists(final) and (not final.is_dir() or any(final.iterdir())):
         what = "a file" if not final.is_dir() else "a folder that is not empty"
-        raise FileExistsError(f"{final}: refusing to replace {what}; nothing was changed. "
-                              "Write into a new or empty folder instead")
+        raise FileExistsError(
+            f"{final}: refusing to replace {what}; nothing was changed. Write into a new or empty folder instead"
+        )
     return final
 
 

@@ -21,14 +21,15 @@ says why for a generator, and `uncached()` turns reuse off (tests, debugging).
 Shapes: N pairs, P cached prompt length, T answer positions (answer ids + EOS),
 H heads, D head size.
 """
+
 from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -44,8 +45,17 @@ from .scoring import _base_model, _lean_head, score_sequences
 __all__ = ["PromptCache", "kv_reuse_fallback", "score_with_cache", "uncached"]
 
 _ENABLED: ContextVar[bool] = ContextVar("contextflow_kv_reuse", default=True)
-_USER_CACHE_KWARGS = ("past_key_values", "cache", "use_cache", "cache_implementation", "cache_config",
-                      "prompt_lookup_num_tokens", "assistant_model", "penalty_alpha", "custom_generate")
+_USER_CACHE_KWARGS = (
+    "past_key_values",
+    "cache",
+    "use_cache",
+    "cache_implementation",
+    "cache_config",
+    "prompt_lookup_num_tokens",
+    "assistant_model",
+    "penalty_alpha",
+    "custom_generate",
+)
 
 
 @contextmanager
@@ -63,7 +73,7 @@ def uncached() -> Iterator[None]:
         _ENABLED.reset(token)
 
 
-def kv_reuse_fallback(generator, generate_kwargs: Optional[dict] = None) -> Optional[str]:
+def kv_reuse_fallback(generator, generate_kwargs: dict | None = None) -> str | None:
     """Why decoding would score candidates without the prompt KV cache; None when it reuses it.
 
     Args:
@@ -98,18 +108,19 @@ def _cache_of(output):
     return None
 
 
-def _layer_tensors(cache) -> Optional[list[tuple[torch.Tensor, torch.Tensor]]]:
+def _layer_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """[(keys, values)] per layer, each (rows, H, S, D), when `cache` is a plain full-attention dynamic cache."""
     layers = getattr(cache, "layers", None)
     if layers is not None:
-        if not layers or any(type(layer).__name__ != "DynamicLayer" or not getattr(layer, "is_initialized", True)
-                             for layer in layers):
+        if not layers or any(
+            type(layer).__name__ != "DynamicLayer" or not getattr(layer, "is_initialized", True) for layer in layers
+        ):
             return None
         return [(layer.keys, layer.values) for layer in layers]
     keys, values = getattr(cache, "key_cache", None), getattr(cache, "value_cache", None)  # transformers 4.x
-    if type(cache).__name__ != "DynamicCache" or not keys or len(keys) != len(values):
+    if type(cache).__name__ != "DynamicCache" or not keys or values is None or len(keys) != len(values):
         return None
-    return list(zip(keys, values))
+    return list(zip(keys, values, strict=True))
 
 
 @dataclass
@@ -131,7 +142,7 @@ class PromptCache:
         self.prompts = list(prompts)
         self._chunks: list[_Chunk] = []
         self._where: list[tuple[int, int]] = []  # prompt index -> (chunk, row)
-        self.reason: Optional[str] = None  # why the cache is unusable (None: usable)
+        self.reason: str | None = None  # why the cache is unusable (None: usable)
 
     @property
     def usable(self) -> bool:
@@ -177,7 +188,7 @@ class PromptCache:
         picked = [self._where[i] for i in indices]
         P = max(self._chunks[c].mask.shape[1] for c, _ in picked)
         groups: dict[int, list[int]] = {}
-        for pos, (c, r) in enumerate(picked):
+        for pos, (c, _row) in enumerate(picked):
             groups.setdefault(c, []).append(pos)
         parts, order = [], []
         for c, positions in groups.items():
@@ -198,10 +209,13 @@ class PromptCache:
             out = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
             return out if len(parts) == 1 else out.index_select(0, inverse.to(out.device))
 
-        layers = [(take(lambda ch, i=i: ch.layers[i][0]), take(lambda ch, i=i: ch.layers[i][1]))
-                  for i in range(len(self._chunks[picked[0][0]].layers))]
-        return _Chunk(layers, take(lambda ch: ch.mask), take(lambda ch: ch.last_token),
-                      take(lambda ch: ch.last_position))
+        layers = [
+            (take(lambda ch, i=i: ch.layers[i][0]), take(lambda ch, i=i: ch.layers[i][1]))
+            for i in range(len(self._chunks[picked[0][0]].layers))
+        ]
+        return _Chunk(
+            layers, take(lambda ch: ch.mask), take(lambda ch: ch.last_token), take(lambda ch: ch.last_position)
+        )
 
 
 def _new_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]):
@@ -232,9 +246,11 @@ def _token_log_probs(generator, inputs: dict, targets: torch.Tensor, mode: str) 
     if mode == "hidden":
         head, reason = _lean_head(generator)
         if head is None:
-            warnings.warn(f"scoring='hidden': {reason}; scoring with 'logits_to_keep' instead (exact, keeps the "
-                          "answer positions' logits). Set RagConfig(scoring='logits_to_keep') to silence this.",
-                          stacklevel=3)
+            warnings.warn(
+                f"scoring='hidden': {reason}; scoring with 'logits_to_keep' instead (exact, keeps the "
+                "answer positions' logits). Set RagConfig(scoring='logits_to_keep') to silence this.",
+                stacklevel=3,
+            )
     if head is None:
         return token_log_probs(generator(**inputs).logits, targets)
     weight, bias, scale = head
@@ -247,20 +263,40 @@ def _token_log_probs(generator, inputs: dict, targets: torch.Tensor, mode: str) 
     return torch.zeros(targets.shape, dtype=lp.dtype, device=lp.device).masked_scatter(mask, lp)
 
 
-def _score_group(generator, cache: PromptCache, indices: Sequence[int], answers: Sequence[list[int]],
-                 mode: str, length_normalize: bool, pad_id: int) -> torch.Tensor:
+def _score_group(
+    generator,
+    cache: PromptCache,
+    indices: Sequence[int],
+    answers: Sequence[list[int]],
+    mode: str,
+    length_normalize: bool,
+    pad_id: int,
+) -> torch.Tensor:
     """(N,) log p(answer + EOS | cached prompt) for one micro-batch."""
     got = cache.gather(indices)
     input_ids, targets, mask, positions = _answer_rows(got, answers, pad_id)
     name = "cache" if "cache" in _forward_params(generator) else "past_key_values"
-    inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, "use_cache": True,
-              name: _new_cache(got.layers)}
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "position_ids": positions,
+        "use_cache": True,
+        name: _new_cache(got.layers),
+    }
     return sequence_log_probs(_token_log_probs(generator, inputs, targets, mode), targets, length_normalize)
 
 
-def score_with_cache(generator, cache: Optional[PromptCache], indices: Sequence[int],
-                     encoded: Sequence[EncodedPrompt], collate, *, mode: str = "logits_to_keep",
-                     micro_batch_size: Optional[int] = None, length_normalize: bool = False) -> torch.Tensor:
+def score_with_cache(
+    generator,
+    cache: PromptCache | None,
+    indices: Sequence[int],
+    encoded: Sequence[EncodedPrompt],
+    collate,
+    *,
+    mode: str = "logits_to_keep",
+    micro_batch_size: int | None = None,
+    length_normalize: bool = False,
+) -> torch.Tensor:
     """(N,) float32 CPU log p(answer + EOS | prompt) of each encoded pair, the answer under cached prompt `indices[i]`.
 
     Pairs whose prompt is not the cached one (cut differently for the answer's length budget),
@@ -275,20 +311,33 @@ def score_with_cache(generator, cache: Optional[PromptCache], indices: Sequence[
         mode, micro_batch_size, length_normalize: As `score_sequences`.
     """
     out = torch.empty(len(encoded), dtype=torch.float32)
-    usable = cache is not None and cache.usable
-    on_cache = [i for i in range(len(encoded)) if usable and cache.matches(indices[i], encoded[i])]
+    on_cache = [
+        i for i in range(len(encoded)) if cache is not None and cache.usable and cache.matches(indices[i], encoded[i])
+    ]
     fresh = sorted(set(range(len(encoded))) - set(on_cache))
     if fresh:
-        out[fresh] = score_sequences(generator, [encoded[i] for i in fresh], collate, mode=mode,
-                                     micro_batch_size=micro_batch_size,
-                                     length_normalize=length_normalize).float().cpu()
-    if on_cache:
+        out[fresh] = (
+            score_sequences(
+                generator,
+                [encoded[i] for i in fresh],
+                collate,
+                mode=mode,
+                micro_batch_size=micro_batch_size,
+                length_normalize=length_normalize,
+            )
+            .float()
+            .cpu()
+        )
+    if on_cache and cache is not None:  # (on_cache is empty without a cache)
         pad_id = encoded[0].input_ids[-1]  # any real id: padded positions are masked and their targets ignored
         on_cache.sort(key=lambda i: (cache.chunk_of(indices[i]), len(encoded[i].input_ids) - encoded[i].prompt_length))
         size = micro_batch_size or len(on_cache)
         for s in range(0, len(on_cache), size):
             group = on_cache[s : s + size]
             answers = [encoded[i].input_ids[encoded[i].prompt_length :] for i in group]
-            out[group] = _score_group(generator, cache, [indices[i] for i in group], answers, mode,
-                                      length_normalize, pad_id).float().cpu()
+            out[group] = (
+                _score_group(generator, cache, [indices[i] for i in group], answers, mode, length_normalize, pad_id)
+                .float()
+                .cpu()
+            )
     return out

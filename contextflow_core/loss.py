@@ -21,9 +21,10 @@ Example:
     >>> round(float(rag_sequence_nll(doc, seq)), 4)
     1.1245
 """
+
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,9 @@ def token_log_probs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: i
 
 
 def sequence_log_probs(
-    token_logprobs: torch.Tensor, targets: torch.Tensor, length_normalize: bool = False,
+    token_logprobs: torch.Tensor,
+    targets: torch.Tensor,
+    length_normalize: bool = False,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """log p(y | prompt) = sum_t log p(y_t | prompt, y_<t) over answer tokens.
@@ -123,14 +126,21 @@ def posterior_doc_probs(doc_logprobs: torch.Tensor, seq_logprobs: torch.Tensor) 
 
 
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    reducers = {"mean": torch.mean, "sum": torch.sum, "none": lambda v: v}
+    reducers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "mean": torch.mean,
+        "sum": torch.sum,
+        "none": lambda v: v,
+    }
     if reduction not in reducers:
         raise ValueError(f"reduction must be one of {sorted(reducers)}, got {reduction!r}")
     return reducers[reduction](values)
 
 
 def linear_token_log_probs(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: Optional[torch.Tensor] = None,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
     """log p(target) from hidden states and the LM head, without a (M, V) logits tensor kept for backward.
@@ -176,8 +186,9 @@ def _chunked_linear_log_probs(hidden, weight, targets, bias, chunk_size):
     return torch.cat(parts) if parts else hidden.new_zeros(0)
 
 
-def lsr_kl(doc_logprobs: torch.Tensor, seq_logprobs: torch.Tensor, lm_temperature: float = 1.0,
-           reduction: str = "mean") -> torch.Tensor:
+def lsr_kl(
+    doc_logprobs: torch.Tensor, seq_logprobs: torch.Tensor, lm_temperature: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
     """REPLUG-LSR: KL(P_R(z|x) || Q_LM(z|x,y)), the retriever fitted to the LM's preference.
 
     Q_LM = softmax_k(log p_theta(y|f(x,z_k)) / beta) is a fixed target (no gradient
@@ -202,8 +213,9 @@ def ralt_nll(seq_logprobs: torch.Tensor, reduction: str = "mean") -> torch.Tenso
     return _reduce(per_question, reduction)
 
 
-def emdr2_nll(doc_logprobs: torch.Tensor, seq_logprobs: torch.Tensor, concat_logprobs: torch.Tensor,
-              reduction: str = "mean") -> torch.Tensor:
+def emdr2_nll(
+    doc_logprobs: torch.Tensor, seq_logprobs: torch.Tensor, concat_logprobs: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """EMDR^2 for a decoder-only reader (Sachan et al. 2021, as used by Atlas).
 
     Reader: -log p_theta(y | f(x, z_1..K)) over the concatenated passages.

@@ -27,6 +27,7 @@ Example:
     >>> json_metadata({"when": datetime.date(2024, 5, 1), "tags": ("a", "b"), 3: {"x"}}, "p0")
     {'when': '2024-05-01', 'tags': ['a', 'b'], '3': ['x']}
 """
+
 from __future__ import annotations
 
 import datetime
@@ -34,9 +35,9 @@ import decimal
 import enum
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import PurePath
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .types import Passage
 
@@ -80,10 +81,14 @@ CONVERTERS: list[tuple[Callable[[Any], bool], Callable[[Any, str, int], Any]]] =
     (lambda v: isinstance(v, (uuid.UUID, decimal.Decimal, PurePath)), lambda v, path, depth: str(v)),
     (_is_array, lambda v, path, depth: _convert(v.tolist(), path, depth + 1)),
     (lambda v: isinstance(v, Mapping), lambda v, path, depth: _convert_mapping(v, path, depth)),
-    (lambda v: isinstance(v, (list, tuple)),
-     lambda v, path, depth: [_convert(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v)]),
-    (lambda v: isinstance(v, (set, frozenset)),
-     lambda v, path, depth: _sorted_items([_convert(x, f"{path}[...]", depth + 1) for x in v])),
+    (
+        lambda v: isinstance(v, (list, tuple)),
+        lambda v, path, depth: [_convert(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v)],
+    ),
+    (
+        lambda v: isinstance(v, (set, frozenset)),
+        lambda v, path, depth: _sorted_items([_convert(x, f"{path}[...]", depth + 1) for x in v]),
+    ),
 ]
 
 
@@ -130,8 +135,9 @@ def json_metadata(metadata: Any, passage_id: Any) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise ValueError(f"metadata: passage {passage_id!r} has metadata of type {type(metadata).__name__}; "
-                         "expected a dict")
+        raise ValueError(
+            f"metadata: passage {passage_id!r} has metadata of type {type(metadata).__name__}; expected a dict"
+        )
     try:
         return _convert_mapping(metadata, "metadata", 0)
     except _Refused as e:
@@ -149,8 +155,7 @@ def json_safe_passages(passages: Iterable[Passage]) -> list[Passage]:
     Raises:
         ValueError: See `json_metadata`.
     """
-    return [Passage(id=p.id, text=p.text, title=p.title, metadata=json_metadata(p.metadata, p.id))
-            for p in passages]
+    return [Passage(id=p.id, text=p.text, title=p.title, metadata=json_metadata(p.metadata, p.id)) for p in passages]
 
 
 def merge_duplicates(passages: Sequence[Passage]) -> list[Passage]:
@@ -172,8 +177,10 @@ def merge_duplicates(passages: Sequence[Passage]) -> list[Passage]:
             merged.append(first)
             continue
         if DUPLICATE_IDS_KEY in first.metadata:
-            raise ValueError(f"dedupe: passage {first.id!r} has duplicates but its metadata already holds "
-                             f"{DUPLICATE_IDS_KEY!r}; rename that key, or pass dedupe=False to keep duplicates")
+            raise ValueError(
+                f"dedupe: passage {first.id!r} has duplicates but its metadata already holds "
+                f"{DUPLICATE_IDS_KEY!r}; rename that key, or pass dedupe=False to keep duplicates"
+            )
         metadata = {**first.metadata, DUPLICATE_IDS_KEY: [p.id for p in group]}
         merged.append(Passage(id=first.id, text=first.text, title=first.title, metadata=metadata))
     return merged

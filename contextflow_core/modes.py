@@ -11,10 +11,11 @@ Example:
     >>> with eval_mode(rag.generator, rag.question_encoder):  # doctest: +SKIP
     ...     answers = decode(...)
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, Optional
 
 from torch import nn
 
@@ -25,12 +26,12 @@ __all__ = ["eval_mode", "restore_modes", "restore_requires_grad", "snapshot_mode
 Modes = dict[nn.Module, bool]
 
 
-def snapshot_modes(*roots: Optional[nn.Module]) -> Modes:
+def snapshot_modes(*roots: nn.Module | None) -> Modes:
     """Module -> its `training` flag, for every module under `roots` (None roots skipped)."""
     return {m: m.training for root in roots if root is not None for m in root.modules()}
 
 
-def restore_modes(modes: Modes, *, default_roots: tuple = (), default: Optional[bool] = None) -> None:
+def restore_modes(modes: Modes, *, default_roots: tuple = (), default: bool | None = None) -> None:
     """Put back each recorded module's own `training` flag.
 
     Args:
@@ -63,7 +64,7 @@ def restore_requires_grad(flags: dict[nn.Parameter, bool]) -> None:
 
 
 @contextmanager
-def eval_mode(*modules: Optional[nn.Module]) -> Iterator[None]:
+def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
     """Hold the locks of `modules` and run them in eval; restore every sub-module's own mode after.
 
     Locks are taken in one global order (by id), so callers that share some of

@@ -18,14 +18,15 @@ likelihoods and are the same for RAG-Sequence and RAG-Token.
 
 Shapes: B questions, K passages.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .config import MODE_SIDES, OBJECTIVE_TRAIN_MODES
-from .loss import emdr2_nll, lsr_kl, ralt_nll, rag_sequence_nll
+from .loss import emdr2_nll, lsr_kl, rag_sequence_nll, ralt_nll
 from .scoring import score_sequences
 
 Objective = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -50,9 +51,14 @@ def _ralt(model, questions, doc_lp, passages, answers):
 def _emdr2(model, questions, doc_lp, passages, answers):
     with torch.no_grad():
         seq_lp = model.score(questions, passages, answers)
-    encoded = [model.prompts.encode(q, ps, a) for q, ps, a in zip(questions, passages, answers)]
-    concat_lp = score_sequences(model.generator, encoded, model.prompts.collate, mode=model.config.scoring,
-                                micro_batch_size=model.config.micro_batch_size)
+    encoded = [model.prompts.encode(q, ps, a) for q, ps, a in zip(questions, passages, answers, strict=True)]
+    concat_lp = score_sequences(
+        model.generator,
+        encoded,
+        model.prompts.collate,
+        mode=model.config.scoring,
+        micro_batch_size=model.config.micro_batch_size,
+    )
     if model.config.freeze_generator:
         concat_lp = concat_lp.detach()
     return emdr2_nll(doc_lp, seq_lp.to(doc_lp.device), concat_lp.to(doc_lp.device)), seq_lp

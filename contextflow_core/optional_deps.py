@@ -12,6 +12,7 @@ availability checks they cache are cleared afterwards, so a 4/8-bit model loaded
 later in the same process (which imports bitsandbytes itself) still gets peft's
 quantized LoRA layers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,11 @@ __all__ = ["bitsandbytes_hidden", "import_peft"]
 _BNB = "bitsandbytes"
 _LOCK = threading.RLock()
 #: (module, function) pairs whose cached answer to "is bitsandbytes installed?" is cleared after hiding it.
-_CACHED_CHECKS = (("peft.import_utils", "is_bnb_available"), ("peft.import_utils", "is_bnb_4bit_available"),
-                  ("transformers.utils.import_utils", "is_bitsandbytes_available"))
+_CACHED_CHECKS = (
+    ("peft.import_utils", "is_bnb_available"),
+    ("peft.import_utils", "is_bnb_4bit_available"),
+    ("transformers.utils.import_utils", "is_bitsandbytes_available"),
+)
 
 
 def _clear_cached_checks() -> None:

@@ -25,28 +25,30 @@ Example:
     >>> pieces_ids(tokenizer, [[(t, slot is None) for t, slot in items]])  # doctest: +SKIP
     [[3, 87, 64, 38, 66, 107, 117, 121, 68, 69, 16]]
 """
+
 from __future__ import annotations
 
 import re
 import uuid
 import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 Piece = tuple[str, bool]  # (text, is_template): template text may hold control tokens, user text never does
-_Plan = list[Union[int, str]]  # control-token ids and text stretches, in order
+_Plan = list[int | str]  # control-token ids and text stretches, in order
 
 
 @dataclass(frozen=True)
 class _Controls:
     """The tokenizer's control tokens: a pattern that finds them and the ids they map to."""
 
-    pattern: Optional[re.Pattern]
+    pattern: re.Pattern | None
     ids: tuple[int, ...]  # id of the token matched by capture group i + 1
     forbidden: frozenset[int]  # ids that literal text must never produce
 
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _control_tokens(tokenizer) -> dict[str, tuple[int, bool, bool]]:
@@ -126,7 +128,7 @@ def literal_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     bad = [i for i, row in enumerate(rows) if ctl.forbidden.intersection(row)]
     if bad:
         again = tokenizer([texts[i] for i in bad], add_special_tokens=False, split_special_tokens=True)["input_ids"]
-        for i, row in zip(bad, again):
+        for i, row in zip(bad, again, strict=True):
             rows[i] = list(row) if not ctl.forbidden.intersection(row) else _fallback_ids(tokenizer, texts[i], ctl)
     return rows
 
@@ -145,6 +147,7 @@ def _plan(pieces: Iterable[Piece], ctl: _Controls) -> _Plan:
             if text:
                 plan.append(text)
                 text = ""
+            assert m.lastindex is not None  # the pattern is an alternation of groups
             plan.append(ctl.ids[m.lastindex - 1])
             pos = m.end()
         text += piece[pos:]
@@ -201,7 +204,7 @@ def chat_ids(tokenizer, turns: Sequence[Mapping[str, Any]], add_generation_promp
             return content
         return ctl.pattern.sub(lambda m: start + m.group(0) + end, content)
 
-    marked = [{**t, "content": wrap(c)} for t, c in zip(turns, contents)]
+    marked = [{**t, "content": wrap(c)} for t, c in zip(turns, contents, strict=True)]
     text = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=add_generation_prompt)
     pieces: list[Piece] = []
     pos = 0
@@ -222,7 +225,7 @@ class SlotMarkers:
             chat template source); markers are drawn until none of them holds one.
     """
 
-    def __init__(self, names: Sequence[str], template_texts: Iterable[Optional[str]] = ()) -> None:
+    def __init__(self, names: Sequence[str], template_texts: Iterable[str | None] = ()) -> None:
         tag = _fresh_tag([t for t in template_texts if t])
         self.names = list(names)
         self._marks = {name: f"CFSLOT{tag}N{i}E" for i, name in enumerate(self.names)}
@@ -231,12 +234,12 @@ class SlotMarkers:
     def __getitem__(self, name: str) -> str:
         return self._marks[name]
 
-    def split(self, rendered: str, values: Mapping[str, str]) -> list[tuple[str, Optional[str]]]:
+    def split(self, rendered: str, values: Mapping[str, str]) -> list[tuple[str, str | None]]:
         """`rendered` as (text, slot) items: template text has slot None, a slot item holds its value.
 
         A slot without a value in `values` keeps its name and an empty text.
         """
-        items: list[tuple[str, Optional[str]]] = []
+        items: list[tuple[str, str | None]] = []
         pos = 0
         for m in self._pattern.finditer(rendered):
             if m.start() > pos:

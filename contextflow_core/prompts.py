@@ -16,10 +16,11 @@ and the `PromptConfig` formats) writes control tokens; see `prompt_tokens`.
 
 Shapes: N sequences (B questions x K passages), L padded length.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import torch
 
@@ -32,7 +33,7 @@ _DEFAULT_MAX_LENGTH = 2048
 _FRAME_SLOTS = ("system", "instruction", "question", "passages")  # user text in the frame
 _PASSAGE_SLOTS = ("title", "text")
 
-PassageLike = Union[Passage, str]
+PassageLike = Passage | str
 
 
 @dataclass
@@ -56,7 +57,7 @@ def _as_passage(passage: PassageLike) -> Passage:
     return passage if isinstance(passage, Passage) else Passage(id="", text=str(passage))
 
 
-def _require_text(name: str, value, index: Optional[int] = None) -> str:
+def _require_text(name: str, value, index: int | None = None) -> str:
     where = f"{name}[{index}]" if index is not None else name
     if not isinstance(value, str):
         raise TypeError(f"{where}: expected a string, got {type(value).__name__}")
@@ -79,7 +80,7 @@ class PromptBuilder:
         True
     """
 
-    def __init__(self, tokenizer, config: Optional[PromptConfig] = None) -> None:
+    def __init__(self, tokenizer, config: PromptConfig | None = None) -> None:
         if tokenizer.eos_token_id is None:
             raise ValueError(
                 f"generator_tokenizer: expected a tokenizer with an EOS token (answers end with it), "
@@ -93,7 +94,9 @@ class PromptBuilder:
                 "PromptConfig.use_chat_template=True but the generator tokenizer has no chat_template; "
                 "set use_chat_template=None to fall back to the plain format"
             )
-        self.uses_chat_template = has_template if self.config.use_chat_template is None else self.config.use_chat_template
+        self.uses_chat_template = (
+            has_template if self.config.use_chat_template is None else self.config.use_chat_template
+        )
 
     @property
     def max_length(self) -> int:
@@ -119,15 +122,25 @@ class PromptBuilder:
     def _template_texts(self) -> list[str]:
         cfg = self.config
         template = getattr(self.tokenizer, "chat_template", None)
-        return [cfg.user_format, cfg.question_format, cfg.answer_prefix, cfg.passage_format,
-                cfg.passage_format_untitled, cfg.passage_separator, str(template or "")]
+        return [
+            cfg.user_format,
+            cfg.question_format,
+            cfg.answer_prefix,
+            cfg.passage_format,
+            cfg.passage_format_untitled,
+            cfg.passage_separator,
+            str(template or ""),
+        ]
 
     def _frame_pieces(self, question: str) -> tuple[list[Piece], list[Piece]]:
         """The prompt around the passage block, as (before, after) pieces."""
         cfg = self.config
         slots = SlotMarkers(_FRAME_SLOTS, self._template_texts())
-        user = cfg.user_format.format(instruction=slots["instruction"], passages=slots["passages"],
-                                      question=cfg.question_format.format(question=slots["question"]))
+        user = cfg.user_format.format(
+            instruction=slots["instruction"],
+            passages=slots["passages"],
+            question=cfg.question_format.format(question=slots["question"]),
+        )
         if self.uses_chat_template:
             messages = [{"role": "system", "content": slots["system"]}] if cfg.system_prompt else []
             messages.append({"role": "user", "content": user})
@@ -181,7 +194,7 @@ class PromptBuilder:
         return literal_ids(self.tokenizer, [answer])[0] + [self.tokenizer.eos_token_id]
 
     def encode(
-        self, question: str, passages: Union[PassageLike, Sequence[PassageLike]], answer: Optional[str] = None
+        self, question: str, passages: PassageLike | Sequence[PassageLike], answer: str | None = None
     ) -> EncodedPrompt:
         """Tokenize f(question, passages) (+ answer) within the length budget; the passages share one prompt."""
         if isinstance(passages, (str, Passage)):
@@ -209,7 +222,7 @@ class PromptBuilder:
         self,
         questions: Sequence[str],
         passages: Sequence[Sequence[PassageLike]],
-        answers: Optional[Sequence[str]] = None,
+        answers: Sequence[str] | None = None,
     ) -> list[EncodedPrompt]:
         """One prompt per (question, passage) pair, flattened row-major: (B*K)."""
         for name, values in (("passages", passages), ("answers", answers)):

@@ -21,9 +21,11 @@ Example:
     >>> out = rag(questions=["Who founded Tarsk?"], answers=["Ilo"])  # doctest: +SKIP
     >>> out.loss.backward()                                            # doctest: +SKIP
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,15 +92,15 @@ class RAGSequence(nn.Module):
     def __init__(
         self,
         question_encoder,
-        retriever: Union[Retriever, DocumentIndex],
+        retriever: Retriever | DocumentIndex,
         generator_tokenizer,
         generator: nn.Module,
         *,
-        prompt: Optional[PromptConfig] = None,
-        num_docs: Optional[int] = None,
-        config: Optional[RagConfig] = None,
+        prompt: PromptConfig | None = None,
+        num_docs: int | None = None,
+        config: RagConfig | None = None,
         question_encoder_tokenizer=None,
-        context_encoder: Optional[TextEncoder] = None,
+        context_encoder: TextEncoder | None = None,
         store_check: bool = True,
     ) -> None:
         super().__init__()
@@ -118,14 +120,16 @@ class RAGSequence(nn.Module):
         self._check_dims()
         attach_store(self, store_check)  # over a store: frozen passage encoder, embedding-space check
         if self.config.gradient_checkpointing:
-            generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf_generator: Any = generator  # a HF PreTrainedModel (or a peft wrapper)
+            hf_generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def _check_dims(self) -> None:
         enc_dim, index_dim = self.question_encoder.dim, self.index.dim
         if enc_dim != index_dim and self.store is not None:
             raise ValueError(
                 f"question_encoder: embedding size {enc_dim} differs from the dimension {index_dim} of the store "
-                f"{self.store.name!r} (embedded with {self.index.encoder_name!r}); use the encoder that embedded the store "
+                f"{self.store.name!r} (embedded with {self.index.encoder_name!r}); "
+                "use the encoder that embedded the store "
                 "(e.g. contextflow_integrations.stores.encoder_from_embeddings) or the copy path"
             )
         if enc_dim != index_dim:
@@ -170,7 +174,7 @@ class RAGSequence(nn.Module):
         return self.prompts.config
 
     # -- retrieval ----------------------------------------------------------
-    def resolve_num_docs(self, num_docs: Optional[int]) -> int:
+    def resolve_num_docs(self, num_docs: int | None) -> int:
         """K for a call: `num_docs`, or the model's `RagConfig.num_docs` when None (checked positive)."""
         return as_int("num_docs", self.config.num_docs if num_docs is None else num_docs)  # numpy ints too
 
@@ -183,7 +187,7 @@ class RAGSequence(nn.Module):
                 "questions=[...] or question_encoder_tokenizer= when building RAGSequence"
             )
         if attention_mask is not None:
-            rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]
+            rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask, strict=True)]
         else:
             rows = list(input_ids)
         return [tok.decode(r, skip_special_tokens=True).strip() for r in rows]
@@ -210,7 +214,7 @@ class RAGSequence(nn.Module):
             raise ValueError(f"answers: expected one answer per question ({len(questions)}), got {len(answers)}")
         return answers
 
-    def retrieve(self, questions: Sequence[str], num_docs: Optional[int] = None) -> tuple[torch.Tensor, Retrieved]:
+    def retrieve(self, questions: Sequence[str], num_docs: int | None = None) -> tuple[torch.Tensor, Retrieved]:
         """Top-K passages and log p_eta(z|x) (B, K), with gradient into the question encoder.
 
         The scores q . d_k and their log-softmax are computed in float32 with autocast
@@ -244,19 +248,23 @@ class RAGSequence(nn.Module):
         frozen = self.config.freeze_generator
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):  # frozen: keep no activations
             flat = score_sequences(
-                self.generator, encoded, self.prompts.collate, mode=self.config.scoring,
-                micro_batch_size=self.config.micro_batch_size, length_normalize=self.config.length_normalize,
+                self.generator,
+                encoded,
+                self.prompts.collate,
+                mode=self.config.scoring,
+                micro_batch_size=self.config.micro_batch_size,
+                length_normalize=self.config.length_normalize,
             )
         seq_lp = flat.view(len(questions), -1)
         return seq_lp.detach() if frozen else seq_lp
 
     def forward(
         self,
-        questions: Optional[Sequence[str]] = None,
-        answers: Optional[Sequence[str]] = None,
-        num_docs: Optional[int] = None,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
+        questions: Sequence[str] | None = None,
+        answers: Sequence[str] | None = None,
+        num_docs: int | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> RagOutput:
         """Retrieve, score and marginalise; `loss` is set when answers are given."""
         questions = self._questions(questions, input_ids, attention_mask)
@@ -271,10 +279,10 @@ class RAGSequence(nn.Module):
     @torch.no_grad()
     def generate(
         self,
-        questions: Optional[Sequence[str]] = None,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        num_docs: Optional[int] = None,
+        questions: Sequence[str] | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        num_docs: int | None = None,
         max_new_tokens: int = 128,
         decoding: str = "thorough",
         **generate_kwargs,
@@ -296,8 +304,9 @@ class RAGSequence(nn.Module):
         from .generation import rag_generate
 
         questions = self._questions(questions, input_ids, attention_mask)
-        return rag_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens, decoding,
-                            **generate_kwargs)
+        return rag_generate(
+            self, questions, self.resolve_num_docs(num_docs), max_new_tokens, decoding, **generate_kwargs
+        )
 
     def inference(self):
         """Context manager: this model's locks held and every module in eval, own modes restored after."""
@@ -325,7 +334,7 @@ class RAGSequence(nn.Module):
         save_rag(self, directory, save_base=save_base)
 
     @classmethod
-    def from_pretrained(cls, directory, **kwargs) -> "RAGSequence":
+    def from_pretrained(cls, directory, **kwargs) -> RAGSequence:
         """Load a model saved by `save_pretrained`, in `eval()` (call `.train()` to fine-tune).
 
         A model saved over a store backend needs `store=<a backend over it>` (see `serialization.load_rag`).
@@ -335,8 +344,9 @@ class RAGSequence(nn.Module):
         return load_rag(cls, directory, **kwargs).eval()
 
     @classmethod
-    def from_defaults(cls, texts_or_index, ids=None, *, titles=None, metadatas=None, reader: bool = True,
-                      **kwargs) -> "RAGSequence":
+    def from_defaults(
+        cls, texts_or_index, ids=None, *, titles=None, metadatas=None, reader: bool = True, **kwargs
+    ) -> RAGSequence:
         """The embedded defaults (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct) over `texts_or_index`, in `eval()`.
 
         Args:
@@ -358,7 +368,7 @@ class RAGSequence(nn.Module):
         if isinstance(texts_or_index, (DocumentIndex, Retriever)) or is_backend(texts_or_index):
             index = texts_or_index
         else:
-            index = DocumentIndex.from_texts(list(texts_or_index), encoder, ids=ids, titles=titles,
-                                             metadatas=metadatas)
-        return cls(question_encoder=encoder, retriever=index, generator_tokenizer=tokenizer,
-                   generator=generator, **kwargs).eval()
+            index = DocumentIndex.from_texts(list(texts_or_index), encoder, ids=ids, titles=titles, metadatas=metadatas)
+        return cls(
+            question_encoder=encoder, retriever=index, generator_tokenizer=tokenizer, generator=generator, **kwargs
+        ).eval()

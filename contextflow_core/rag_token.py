@@ -15,9 +15,10 @@ name, at construction and by `train_rag`.
 
 Shapes: B questions, K passages, T answer positions.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -41,8 +42,13 @@ class RAGToken(RAGSequence):
     def score_tokens(self, questions, passages, answers) -> tuple[torch.Tensor, torch.Tensor]:
         """Token log-probs (B, K, T) and answer mask (B, T)."""
         encoded = self.prompts.encode_batch(questions, passages, answers)
-        lp, mask = score_tokens(self.generator, encoded, self.prompts.collate, mode=self.config.scoring,
-                                micro_batch_size=self.config.micro_batch_size)
+        lp, mask = score_tokens(
+            self.generator,
+            encoded,
+            self.prompts.collate,
+            mode=self.config.scoring,
+            micro_batch_size=self.config.micro_batch_size,
+        )
         B = len(questions)
         lp = lp.view(B, -1, lp.shape[-1])
         if self.config.freeze_generator:
@@ -55,8 +61,14 @@ class RAGToken(RAGSequence):
         loss = rag_token_nll(doc_lp, token_lp.to(doc_lp.device), mask.to(doc_lp.device))
         return loss, token_lp.sum(-1), mask.sum(-1)
 
-    def forward(self, questions: Optional[Sequence[str]] = None, answers: Optional[Sequence[str]] = None,
-                num_docs: Optional[int] = None, input_ids=None, attention_mask=None) -> RagOutput:
+    def forward(
+        self,
+        questions: Sequence[str] | None = None,
+        answers: Sequence[str] | None = None,
+        num_docs: int | None = None,
+        input_ids=None,
+        attention_mask=None,
+    ) -> RagOutput:
         """Retrieve, score and marginalise per token (`config.objective` "marginal"), or the named objective."""
         if self.config.objective != "marginal":  # sequence-likelihood objectives: as RAG-Sequence
             return super().forward(questions, answers, num_docs, input_ids, attention_mask)
@@ -69,8 +81,16 @@ class RAGToken(RAGSequence):
         return RagOutput(loss, doc_lp, seq_lp, retrieved.passages, lengths)
 
     @torch.no_grad()
-    def generate(self, questions=None, input_ids=None, attention_mask=None, num_docs=None,
-                 max_new_tokens: int = 128, decoding: str = "token", **generate_kwargs) -> list[RagAnswer]:
+    def generate(
+        self,
+        questions=None,
+        input_ids=None,
+        attention_mask=None,
+        num_docs=None,
+        max_new_tokens: int = 128,
+        decoding: str = "token",
+        **generate_kwargs,
+    ) -> list[RagAnswer]:
         """RAG-Token decoding (greedy, or sampling with do_sample/temperature/top_k)."""
         from .generation import rag_token_generate
 
@@ -81,5 +101,6 @@ class RAGToken(RAGSequence):
             raise ValueError(f"generate_kwargs: RAGToken supports do_sample, temperature, top_k; got {sorted(unknown)}")
         questions = self._questions(questions, input_ids, attention_mask)
         with self.inference():  # locks held, eval mode, every sub-module's own mode restored after
-            return rag_token_generate(self, questions, self.resolve_num_docs(num_docs), max_new_tokens,
-                                      **generate_kwargs)
+            return rag_token_generate(
+                self, questions, self.resolve_num_docs(num_docs), max_new_tokens, **generate_kwargs
+            )

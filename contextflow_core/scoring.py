@@ -25,10 +25,12 @@ memory scales with answer length, not prompt length. Modes (a registry):
 
 Shapes: N sequences, L padded length, T answer positions, V vocabulary, H hidden.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -57,7 +59,7 @@ def _score_full(generator, batch: dict, T: int) -> torch.Tensor:
     return picked.masked_fill(~mask, 0.0)[:, -T:]
 
 
-def _unit_scale(model) -> Optional[float]:
+def _unit_scale(model) -> float | None:
     return 1.0
 
 
@@ -65,7 +67,7 @@ def _unit_scale(model) -> Optional[float]:
 # `lm_head(decoder(...).last_hidden_state)` times a constant: class name -> the
 # constant for a model, or None where that instance post-processes otherwise.
 # Every entry is checked against "full" on a tiny config (tests/test_scoring_exact.py).
-LOGIT_SCALES: dict[str, Callable[[torch.nn.Module], Optional[float]]] = {
+LOGIT_SCALES: dict[str, Callable[[Any], float | None]] = {  # HF models: config attributes vary by class
     "LlamaForCausalLM": _unit_scale,
     "MistralForCausalLM": _unit_scale,
     "Qwen2ForCausalLM": _unit_scale,
@@ -84,7 +86,7 @@ def _base_model(generator):
     return generator.get_base_model() if hasattr(generator, "get_base_model") else generator
 
 
-def _lean_head(generator) -> tuple[Optional[tuple], str]:
+def _lean_head(generator) -> tuple[tuple | None, str]:
     """((weight, bias, scale), "") when "hidden" is exact for `generator`, else (None, reason)."""
     peft_config = getattr(generator, "active_peft_config", None)
     if getattr(peft_config, "is_prompt_learning", False):
@@ -94,19 +96,23 @@ def _lean_head(generator) -> tuple[Optional[tuple], str]:
     scale_of = LOGIT_SCALES.get(cls.__name__) if cls.__module__.startswith("transformers.models.") else None
     scale = scale_of(base) if scale_of is not None else None
     if scale is None:
-        return None, (f"{cls.__name__} is not known to compute its logits as lm_head(hidden) times a constant "
-                      f"(soft-capping or other post-processing; known: {sorted(LOGIT_SCALES)})")
+        return None, (
+            f"{cls.__name__} is not known to compute its logits as lm_head(hidden) times a constant "
+            f"(soft-capping or other post-processing; known: {sorted(LOGIT_SCALES)})"
+        )
     head = base.get_output_embeddings()
     weight = getattr(head, "weight", None)
     if type(head) is not torch.nn.Linear or type(weight) is not torch.nn.Parameter or not weight.is_floating_point():
-        return None, (f"the LM head is {type(head).__module__}.{type(head).__name__}, not a plain float "
-                      "torch.nn.Linear (LoRA, modules_to_save or quantization on lm_head)")
+        return None, (
+            f"the LM head is {type(head).__module__}.{type(head).__name__}, not a plain float "
+            "torch.nn.Linear (LoRA, modules_to_save or quantization on lm_head)"
+        )
     if not hasattr(base, "get_decoder"):
         return None, f"{cls.__name__} has no get_decoder()"
     return (weight, head.bias, scale), ""
 
 
-def hidden_scoring_fallback(generator) -> Optional[str]:
+def hidden_scoring_fallback(generator) -> str | None:
     """Why `scoring="hidden"` would score `generator` with "logits_to_keep" instead; None when it runs as asked."""
     return _lean_head(generator)[1] or None
 
@@ -114,9 +120,11 @@ def hidden_scoring_fallback(generator) -> Optional[str]:
 def _score_hidden(generator, batch: dict, T: int) -> torch.Tensor:
     head, reason = _lean_head(generator)
     if head is None:
-        warnings.warn(f"scoring='hidden': {reason}; scoring with 'logits_to_keep' instead (exact, keeps the "
-                      "answer positions' logits). Set RagConfig(scoring='logits_to_keep') to silence this.",
-                      stacklevel=2)
+        warnings.warn(
+            f"scoring='hidden': {reason}; scoring with 'logits_to_keep' instead (exact, keeps the "
+            "answer positions' logits). Set RagConfig(scoring='logits_to_keep') to silence this.",
+            stacklevel=2,
+        )
         return _score_logits_to_keep(generator, batch, T)
     weight, bias, scale = head
     decoder = _base_model(generator).get_decoder()
@@ -163,7 +171,9 @@ def score_batch(generator, batch: dict, mode: str = "logits_to_keep", length_nor
     return sequence_log_probs(token_lp, targets, length_normalize)
 
 
-def _micro_batches(encoded: Sequence[EncodedPrompt], micro_batch_size: Optional[int]) -> tuple[list[list[int]], torch.Tensor]:
+def _micro_batches(
+    encoded: Sequence[EncodedPrompt], micro_batch_size: int | None
+) -> tuple[list[list[int]], torch.Tensor]:
     """Length-sorted index groups and the permutation that restores input order."""
     n = len(encoded)
     if n == 0:
@@ -181,7 +191,7 @@ def score_sequences(
     collate: Callable[[Sequence[EncodedPrompt]], dict],
     *,
     mode: str = "logits_to_keep",
-    micro_batch_size: Optional[int] = None,
+    micro_batch_size: int | None = None,
     length_normalize: bool = False,
 ) -> torch.Tensor:
     """(N,) log p(answer | prompt) for every encoded sequence, in input order.
@@ -201,7 +211,7 @@ def score_tokens(
     collate: Callable[[Sequence[EncodedPrompt]], dict],
     *,
     mode: str = "logits_to_keep",
-    micro_batch_size: Optional[int] = None,
+    micro_batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token answer log-probs (N, T) and answer mask (N, T), right-aligned, in input order."""
     groups, inverse = _micro_batches(encoded, micro_batch_size)

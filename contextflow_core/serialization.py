@@ -21,11 +21,12 @@ with the same reader merged, and older saves (no field) with the raw model. Load
 pickle files (.bin/.pkl/.pt/.pth/.ckpt), any file the manifest does not list, a
 manifest entry outside the folder, any checksum mismatch and a changed base.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from .artifacts import RAG, check_manifest_paths, check_replaceable, label, manifest_kind, unlisted_files
 from .config import PromptConfig, RagConfig, from_dict, to_dict
@@ -49,8 +50,9 @@ def _generator_source(generator, directory: Path, save_base: bool) -> dict[str, 
 
     if not _is_peft(generator):
         if save_base:
-            raise ValueError("save_base: the generator has no LoRA adapters, so it is saved whole anyway; "
-                             "drop save_base=True")
+            raise ValueError(
+                "save_base: the generator has no LoRA adapters, so it is saved whole anyway; drop save_base=True"
+            )
         return {"kind": "full", "reader": reader_of(generator)}  # the record is in its config.json too
     return base_reference(generator, directory, save_base=save_base)
 
@@ -91,7 +93,7 @@ def _save_generator(generator, tokenizer, root: Path, source: dict[str, Any]) ->
         tokenizer.save_pretrained(root / "generator_base")  # load_generator reads a tokenizer with the model
 
 
-def save_rag(model, directory: Union[str, Path], *, save_base: bool = False) -> Path:
+def save_rag(model, directory: str | Path, *, save_base: bool = False) -> Path:
     """Write `model` (a RAGSequence) to `directory`, atomically, replacing only a saved RAG model.
 
     Args:
@@ -120,9 +122,16 @@ def save_rag(model, directory: Union[str, Path], *, save_base: bool = False) -> 
         config = {
             "rag": to_dict(model.config),
             "prompt": to_dict(model.prompt_config),
-            **{folder: {"pooling": e.pooling, "normalize": e.normalize, "max_length": e.max_length, "name": e.name,
-                        "lora": _is_peft(e.model)}
-               for folder, e in encoders.items()},
+            **{
+                folder: {
+                    "pooling": e.pooling,
+                    "normalize": e.normalize,
+                    "max_length": e.max_length,
+                    "name": e.name,
+                    "lora": _is_peft(e.model),
+                }
+                for folder, e in encoders.items()
+            },
             "generator": source,
             "retrieval_strategy": to_dict(model.retriever.strategy),
         }
@@ -142,11 +151,13 @@ def _manifest_of(root: Path) -> dict[str, Any]:
         raise ValueError(
             f"{root}/manifest.json: expected a saved RAG model (format {FORMAT!r} version {FORMAT_VERSION}), "
             f"got {what} (format {manifest.get('format')!r} version {manifest.get('format_version')!r})"
-            if isinstance(manifest, dict) else f"{root}/manifest.json: expected a JSON object")
+            if isinstance(manifest, dict)
+            else f"{root}/manifest.json: expected a JSON object"
+        )
     return manifest
 
 
-def verify_directory(directory: Union[str, Path]) -> dict[str, Any]:
+def verify_directory(directory: str | Path) -> dict[str, Any]:
     """Check a saved model directory before anything is read from it. Returns the manifest.
 
     Checks: a RAG manifest; no pickle file; every manifest entry a plain path
@@ -170,8 +181,10 @@ def verify_directory(directory: Union[str, Path]) -> dict[str, Any]:
     check_manifest_paths(root, manifest["files"])
     extra = unlisted_files(root, manifest["files"])
     if extra:
-        raise ValueError(f"{root}: refusing to load {extra}: not listed in manifest.json, so not written by "
-                         "save_pretrained (a loader could read them). Remove them, or save the model again")
+        raise ValueError(
+            f"{root}: refusing to load {extra}: not listed in manifest.json, so not written by "
+            "save_pretrained (a loader could read them). Remove them, or save the model again"
+        )
     if CONFIG_FILE not in manifest["files"]:
         raise ValueError(f"{root}/manifest.json: does not list {CONFIG_FILE}, which the loader needs")
     for rel, digest in manifest["files"].items():
@@ -183,7 +196,7 @@ def verify_directory(directory: Union[str, Path]) -> dict[str, Any]:
     return manifest
 
 
-def _load_lora_generator(root: Path, source: dict[str, Any], base_override: Optional[str], **kwargs):
+def _load_lora_generator(root: Path, source: dict[str, Any], base_override: str | None, **kwargs):
     """The pinned base (checked against its hash) with the saved adapter on top."""
     import torch
     from transformers import AutoTokenizer
@@ -211,7 +224,7 @@ def _load_lora_generator(root: Path, source: dict[str, Any], base_override: Opti
         return PeftModel.from_pretrained(base, root / "generator", is_trainable=True), tokenizer
 
 
-def _load_generator(root: Path, source: dict[str, Any], base_override: Optional[str] = None, **kwargs):
+def _load_generator(root: Path, source: dict[str, Any], base_override: str | None = None, **kwargs):
     from .models import load_generator
 
     if source["kind"] == "full":
@@ -219,8 +232,16 @@ def _load_generator(root: Path, source: dict[str, Any], base_override: Optional[
     return _load_lora_generator(root, source, base_override, **kwargs)
 
 
-def load_rag(cls, directory: Union[str, Path], *, index=None, store=None, generator_base: Optional[str] = None,
-             store_check: bool = True, **generator_kwargs):
+def load_rag(
+    cls,
+    directory: str | Path,
+    *,
+    index=None,
+    store=None,
+    generator_base: str | None = None,
+    store_check: bool = True,
+    **generator_kwargs,
+):
     """Rebuild a RAGSequence saved by `save_rag`.
 
     Args:
@@ -253,9 +274,14 @@ def load_rag(cls, directory: Union[str, Path], *, index=None, store=None, genera
     title = {"title_key": described.get("title_key", "title")} if described and is_backend(index) else {}
     retriever = index if isinstance(index, Retriever) else Retriever(index, strategy=strategy, **title)
     return cls(
-        question_encoder=encoder, retriever=retriever, generator_tokenizer=tokenizer, generator=generator,
-        prompt=from_dict(PromptConfig, config["prompt"]), config=from_dict(RagConfig, config["rag"]),
-        context_encoder=context, store_check=store_check,
+        question_encoder=encoder,
+        retriever=retriever,
+        generator_tokenizer=tokenizer,
+        generator=generator,
+        prompt=from_dict(PromptConfig, config["prompt"]),
+        config=from_dict(RagConfig, config["rag"]),
+        context_encoder=context,
+        store_check=store_check,
     )
 
 
@@ -263,8 +289,9 @@ def _load_encoder(root: Path, config: dict, folder: str):
     from .models import load_encoder
 
     cfg = config[folder]
-    encoder = load_encoder(str(root / folder), pooling=cfg["pooling"], normalize=cfg["normalize"],
-                           max_length=cfg["max_length"])
+    encoder = load_encoder(
+        str(root / folder), pooling=cfg["pooling"], normalize=cfg["normalize"], max_length=cfg["max_length"]
+    )
     if cfg.get("lora"):
         from .optional_deps import bitsandbytes_hidden, import_peft
 

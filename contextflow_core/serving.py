@@ -38,15 +38,17 @@ Example:
     ...     answers = [f.result() for f in futures]
     >>> answer = await rag.batcher().agenerate("Who founded Tarsk?")     # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
 import weakref
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional
+from typing import Any
 
 from .types import RagAnswer
 from .validation import RAG_RESERVED, as_int, as_number, check_generate_kwargs
@@ -56,11 +58,14 @@ __all__ = ["IDLE_EXIT_S", "RequestBatcher", "grouping_key", "shared_batcher"]
 #: Seconds an idle worker thread waits for a request before it exits (a new one starts on demand).
 IDLE_EXIT_S = 5.0
 
-_RESERVED = {**RAG_RESERVED, "questions": "submit one question per request",
-             "timeout": "pass timeout= to RequestBatcher.generate (submit returns a Future)"}
+_RESERVED = {
+    **RAG_RESERVED,
+    "questions": "submit one question per request",
+    "timeout": "pass timeout= to RequestBatcher.generate (submit returns a Future)",
+}
 
 
-def _hashable(value: Any) -> Optional[Hashable]:
+def _hashable(value: Any) -> Hashable | None:
     """`value` as a comparable key part, or None when it has no value identity (an object)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return (type(value).__name__, value)
@@ -68,12 +73,12 @@ def _hashable(value: Any) -> Optional[Hashable]:
         parts = [_hashable(v) for v in value]
         return None if any(p is None for p in parts) else tuple(parts)
     if isinstance(value, dict):
-        parts = [(str(k), _hashable(v)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))]
-        return None if any(p is None for _, p in parts) else tuple(parts)
+        items = [(str(k), _hashable(v)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))]
+        return None if any(p is None for _, p in items) else tuple(items)
     return None
 
 
-def grouping_key(options: dict[str, Any]) -> Optional[Hashable]:
+def grouping_key(options: dict[str, Any]) -> Hashable | None:
     """The key under which requests may share a `generate` call: every option's value.
 
     Returns None when an option is an object that cannot be compared (a streamer, a
@@ -124,14 +129,14 @@ class RequestBatcher:
         self._model: Callable[[], Any] = lambda: model
         self._pending: list[_Request] = []
         self._cond = threading.Condition(threading.RLock())
-        self._thread: Optional[threading.Thread] = None  # the latest worker, joined by close()
+        self._thread: threading.Thread | None = None  # the latest worker, joined by close()
         self._serving = False  # a worker is running and will look at the queue again
         self._closed = False
         self.stats = {"requests": 0, "calls": 0, "largest_batch": 0}
         """Counts so far: requests queued, `generate` calls made, largest batch answered."""
 
     @classmethod
-    def _weak(cls, model: Any, **kwargs: Any) -> "RequestBatcher":
+    def _weak(cls, model: Any, **kwargs: Any) -> RequestBatcher:
         """A batcher holding `model` weakly (the shared one of `shared_batcher`, so the model can be freed)."""
         batcher = cls(model, **kwargs)
         ref = weakref.ref(model)
@@ -176,12 +181,21 @@ class RequestBatcher:
 
             if "decoding" in options and options["decoding"] not in DECODERS:
                 raise ValueError(f"decoding: expected one of {sorted(DECODERS)}, got {options['decoding']!r}")
-            own = {k: options.pop(k) for k in ("num_docs", "max_new_tokens", "decoding") if k in options}
-            options = {**own, **check_generate_kwargs(options, owner="RequestBatcher.submit", reserved=_RESERVED,
-                                                      also=("num_docs", "max_new_tokens", "decoding"))}
+            own: dict[str, Any] = {
+                k: options.pop(k) for k in ("num_docs", "max_new_tokens", "decoding") if k in options
+            }
+            options = {
+                **own,
+                **check_generate_kwargs(
+                    options,
+                    owner="RequestBatcher.submit",
+                    reserved=_RESERVED,
+                    also=("num_docs", "max_new_tokens", "decoding"),
+                ),
+            }
         return options
 
-    def submit(self, question: str, **options: Any) -> "Future[RagAnswer]":
+    def submit(self, question: str, **options: Any) -> Future[RagAnswer]:
         """Queue one question; a `concurrent.futures.Future` of its `RagAnswer`.
 
         Args:
@@ -203,10 +217,10 @@ class RequestBatcher:
             self.stats["requests"] += 1
             self._ensure_worker()
             self._cond.notify_all()
-        request.future.add_done_callback(lambda f, r=request: self._forget(r) if f.cancelled() else None)
+        request.future.add_done_callback(lambda f: self._forget(request) if f.cancelled() else None)
         return request.future
 
-    def generate(self, question: str, *, timeout: Optional[float] = None, **options: Any) -> RagAnswer:
+    def generate(self, question: str, *, timeout: float | None = None, **options: Any) -> RagAnswer:
         """Answer one question (blocking); `timeout` seconds at most (None: no limit).
 
         Raises:
@@ -218,8 +232,10 @@ class RequestBatcher:
             return future.result(timeout)
         except TimeoutError:
             future.cancel()
-            raise TimeoutError(f"timeout: no answer within {timeout:g} s; the request was withdrawn "
-                               "(raise timeout=, or lower the load)") from None
+            raise TimeoutError(
+                f"timeout: no answer within {timeout:g} s; the request was withdrawn "
+                "(raise timeout=, or lower the load)"
+            ) from None
 
     async def agenerate(self, question: str, **options: Any) -> RagAnswer:
         """Answer one question from an asyncio task; cancelling the task withdraws a queued request."""
@@ -251,7 +267,7 @@ class RequestBatcher:
                 self._serving = False
             raise
 
-    def _next_batch(self) -> Optional[list[_Request]]:
+    def _next_batch(self) -> list[_Request] | None:
         """The next batch to answer ([] if every candidate was cancelled); None: the worker exits.
 
         The worker exits when the queue is empty and the batcher is closed, or after
@@ -307,11 +323,11 @@ class RequestBatcher:
             for request in batch:
                 request.future.set_exception(error)
             raise
-        for request, answer in zip(batch, answers):
+        for request, answer in zip(batch, answers, strict=True):
             request.future.set_result(answer)
 
     # -- shutdown -------------------------------------------------------------------------
-    def close(self, *, cancel_pending: bool = False, timeout: Optional[float] = None) -> None:
+    def close(self, *, cancel_pending: bool = False, timeout: float | None = None) -> None:
         """Refuse new requests, answer (or cancel) the queued ones, and join the worker.
 
         Args:
@@ -330,15 +346,17 @@ class RequestBatcher:
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout)
 
-    def __enter__(self) -> "RequestBatcher":
+    def __enter__(self) -> RequestBatcher:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"RequestBatcher(max_batch_size={self.max_batch_size}, max_wait_ms={self.max_wait_ms:g}, "
-                f"queued={len(self._pending)}, closed={self._closed})")
+        return (
+            f"RequestBatcher(max_batch_size={self.max_batch_size}, max_wait_ms={self.max_wait_ms:g}, "
+            f"queued={len(self._pending)}, closed={self._closed})"
+        )
 
 
 def _sequence_generate() -> Any:
@@ -347,7 +365,7 @@ def _sequence_generate() -> Any:
     return RAGSequence.generate
 
 
-_SHARED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_SHARED: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 _SHARED_GUARD = threading.Lock()
 
 
@@ -359,8 +377,7 @@ def shared_batcher(model: Any, *, max_batch_size: int = 16, max_wait_ms: float =
     """
     with _SHARED_GUARD:
         per_model = _SHARED.setdefault(model, {})
-        key = (as_int("max_batch_size", max_batch_size),
-               as_number("max_wait_ms", max_wait_ms, low=0.0, low_open=False))
+        key = (as_int("max_batch_size", max_batch_size), as_number("max_wait_ms", max_wait_ms, low=0.0, low_open=False))
         batcher = per_model.get(key)
         if batcher is None or batcher.closed:
             batcher = per_model[key] = RequestBatcher._weak(model, max_batch_size=key[0], max_wait_ms=key[1])

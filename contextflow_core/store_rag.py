@@ -16,6 +16,7 @@ Boundary: glue between the model and `contextflow_core.retrieval.store*`; no mat
   progress lives in ``<output_dir>/store_refresh`` (a temporary folder without
   output_dir); an unfinished refresh found there is finished before training starts.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,7 +25,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -59,8 +60,13 @@ def attach_store(model: Any, store_check: bool) -> None:
 def describe_store(model: Any) -> dict:
     """The JSON description of a model's store saved beside the weights."""
     view = model.retriever.index
-    return {"name": view.name, "dim": view.dim, "title_key": view.title_key,
-            "embedding_model_hint": view.encoder_name, "backend": type(view.backend).__name__}
+    return {
+        "name": view.name,
+        "dim": view.dim,
+        "title_key": view.title_key,
+        "embedding_model_hint": view.encoder_name,
+        "backend": type(view.backend).__name__,
+    }
 
 
 def write_store_description(model: Any, folder: Path) -> None:
@@ -68,7 +74,7 @@ def write_store_description(model: Any, folder: Path) -> None:
     (folder / STORE_FILE).write_text(json.dumps(describe_store(model), indent=2), encoding="utf-8")
 
 
-def saved_store(root: Path) -> Optional[dict]:
+def saved_store(root: Path) -> dict | None:
     """The store description of a saved model (None when it was saved with a DocumentIndex)."""
     path = root / STORE_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -80,20 +86,27 @@ def reattach(root: Path, description: dict, store: Any) -> Any:
     from .retrieval.store import is_backend
 
     if store is None:
-        raise ValueError(f"store: {root} was saved over the store {description['name']!r} (dim {description['dim']}), "
-                         "which is not saved with the model; pass a backend over it, e.g. "
-                         "RAGSequence.from_pretrained(dir, store=MilvusBackend(client, 'docs'))")
+        raise ValueError(
+            f"store: {root} was saved over the store {description['name']!r} (dim {description['dim']}), "
+            "which is not saved with the model; pass a backend over it, e.g. "
+            "RAGSequence.from_pretrained(dir, store=MilvusBackend(client, 'docs'))"
+        )
     if isinstance(store, Retriever):
         return store
     if not is_backend(store):
-        raise ValueError(f"store: expected a vector-store backend (see contextflow_core.retrieval.store) for "
-                         f"{description['name']!r}, got {type(store).__name__}")
+        raise ValueError(
+            f"store: expected a vector-store backend (see contextflow_core.retrieval.store) for "
+            f"{description['name']!r}, got {type(store).__name__}"
+        )
     if int(store.dim) != int(description["dim"]):
-        raise ValueError(f"store: the model was saved over {description['name']!r} of dimension {description['dim']}, "
-                         f"got {store.name!r} of dimension {store.dim}; pass the store the model was trained on")
+        raise ValueError(
+            f"store: the model was saved over {description['name']!r} of dimension {description['dim']}, "
+            f"got {store.name!r} of dimension {store.dim}; pass the store the model was trained on"
+        )
     if store.name != description["name"]:
-        warnings.warn(f"store: the model was saved over {description['name']!r}, reattached to {store.name!r}",
-                      stacklevel=3)
+        warnings.warn(
+            f"store: the model was saved over {description['name']!r}, reattached to {store.name!r}", stacklevel=3
+        )
     return store
 
 
@@ -105,17 +118,24 @@ def check_store_training(model: Any, config: Any) -> None:
         return
     trains_context = bool(model.config.train_context_encoder) and not model.config.freeze_retriever
     if trains_context and not config.refresh_index_steps:
-        raise ValueError(f"refresh_index_steps: RagConfig(train_context_encoder=True) over the store {store.name!r} "
-                         "needs TrainConfig.refresh_index_steps=N (the store is re-embedded in place every N steps), "
-                         "got None; set it, or keep the passage encoder frozen (train_context_encoder=False)")
+        raise ValueError(
+            f"refresh_index_steps: RagConfig(train_context_encoder=True) over the store {store.name!r} "
+            "needs TrainConfig.refresh_index_steps=N (the store is re-embedded in place every N steps), "
+            "got None; set it, or keep the passage encoder frozen (train_context_encoder=False)"
+        )
     if config.refresh_index_steps and not trains_context:
-        raise ValueError(f"refresh_index_steps: the passage encoder of the store {store.name!r} is frozen, so a "
-                         f"refresh would rewrite every row with the same vectors; got refresh_index_steps="
-                         f"{config.refresh_index_steps}; set it to None, or RagConfig(train_context_encoder=True)")
+        raise ValueError(
+            f"refresh_index_steps: the passage encoder of the store {store.name!r} is frozen, so a "
+            f"refresh would rewrite every row with the same vectors; got refresh_index_steps="
+            f"{config.refresh_index_steps}; set it to None, or RagConfig(train_context_encoder=True)"
+        )
     if config.refresh_index_steps:
         mode = choose_mode(store, "auto")
-        require(store, ("iter_rows", "upsert") if mode == "upsert" else ("iter_rows", "staging", "promote"),
-                "train_context_encoder=True (refresh in place)")
+        require(
+            store,
+            ("iter_rows", "upsert") if mode == "upsert" else ("iter_rows", "staging", "promote"),
+            "train_context_encoder=True (refresh in place)",
+        )
 
 
 class StoreRefresher:
@@ -132,11 +152,14 @@ class StoreRefresher:
         self.retriever, self.encoder, self.progress_dir = retriever, encoder, Path(progress_dir)
         self.batch_size = batch_size
         self.records: list[dict] = []
-        self._result: Optional[dict] = None
-        self._error: Optional[tuple[int, BaseException]] = None
+        self._result: dict | None = None
+        self._error: tuple[int, BaseException] | None = None
         if pending_refresh(self.progress_dir) is not None:  # a refresh of an earlier, interrupted run
-            warnings.warn(f"train_rag: finishing the unfinished refresh of {retriever.store.name!r} recorded in "
-                          f"{self.progress_dir} before training", stacklevel=4)
+            warnings.warn(
+                f"train_rag: finishing the unfinished refresh of {retriever.store.name!r} recorded in "
+                f"{self.progress_dir} before training",
+                stacklevel=4,
+            )
             self.start(-1)
             self.swap_if_ready(-1)
 
@@ -160,8 +183,13 @@ class StoreRefresher:
         view = self.retriever.index
         if _rank() != 0 and ok[0]:
             view.version += 1
-            self._result = {"type": "store_refresh", "step_started": step, "background": False,
-                            "written_by_main_process": True, "store": view.name}
+            self._result = {
+                "type": "store_refresh",
+                "step_started": step,
+                "background": False,
+                "written_by_main_process": True,
+                "store": view.name,
+            }
         elif _rank() != 0:
             self._error = (step, RuntimeError("the main process's store refresh failed"))
 
@@ -170,8 +198,9 @@ class StoreRefresher:
         started = time.perf_counter()
         view.refresh_pending = str(self.progress_dir / "progress.json")
         try:
-            record = refresh_store(view.backend, self.encoder, self.progress_dir, batch_size=self.batch_size,
-                                   show_progress=False)
+            record = refresh_store(
+                view.backend, self.encoder, self.progress_dir, batch_size=self.batch_size, show_progress=False
+            )
         except Exception as e:  # noqa: BLE001 -- raised by swap_if_ready at this boundary
             if pending_refresh(self.progress_dir) is None:
                 view.refresh_pending = None  # a swap that failed leaves the live store untouched
@@ -180,18 +209,25 @@ class StoreRefresher:
         view.refresh_pending = None
         view.version += 1
         seconds = time.perf_counter() - started
-        self._result = {"type": "store_refresh", "step_started": step, "background": False, "seconds": seconds,
-                        "passages": record["rows"], "passages_per_s": record["rows"] / max(seconds, 1e-9),
-                        **{k: record[k] for k in ("store", "mode", "resumed", "batches")}}
+        self._result = {
+            "type": "store_refresh",
+            "step_started": step,
+            "background": False,
+            "seconds": seconds,
+            "passages": record["rows"],
+            "passages_per_s": record["rows"] / max(seconds, 1e-9),
+            **{k: record[k] for k in ("store", "mode", "resumed", "batches")},
+        }
 
-    def swap_if_ready(self, step: int, wait: bool = False) -> Optional[dict]:
+    def swap_if_ready(self, step: int, wait: bool = False) -> dict | None:
         """The record of the refresh `start` ran (None if none); raises IndexRefreshError if it failed."""
         if self._error is not None:
             (started, error), self._error = self._error, None
             raise IndexRefreshError(
                 f"store refresh started at step {started} failed at step {step}: {type(error).__name__}: {error}; "
                 f"training stopped. The progress is in {self.progress_dir}: train_rag with the same output_dir "
-                "(or refresh_store with that progress_dir) finishes it") from error
+                "(or refresh_store with that progress_dir) finishes it"
+            ) from error
         result, self._result = self._result, None
         if result is None:
             return None

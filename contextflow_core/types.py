@@ -2,10 +2,11 @@
 
 Shapes used below: B questions, K passages per question, D embedding size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ class Passage:
 
     id: str
     text: str
-    title: Optional[str] = None
+    title: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
@@ -57,11 +58,11 @@ class RagOutput:
         num_answer_tokens: (B,) answer tokens (EOS included) per question.
     """
 
-    loss: Optional[torch.Tensor]
+    loss: torch.Tensor | None
     doc_logprobs: torch.Tensor
-    seq_logprobs: Optional[torch.Tensor]
+    seq_logprobs: torch.Tensor | None
     passages: list[list[Passage]]
-    num_answer_tokens: Optional[torch.Tensor] = None
+    num_answer_tokens: torch.Tensor | None = None
 
 
 @dataclass

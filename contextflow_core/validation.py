@@ -16,6 +16,7 @@ Example:
     >>> as_int("num_docs", "3")  # doctest: +SKIP
     ValueError: num_docs: expected a positive integer, got '3' (a string; pass a number)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,8 @@ import math
 import numbers
 import operator
 import string
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, overload
 
 
 class UnknownArgumentError(TypeError, ValueError):
@@ -40,7 +42,7 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool_
 
 
-def is_int(value: Any, minimum: Optional[int] = 1) -> bool:
+def is_int(value: Any, minimum: int | None = 1) -> bool:
     """Whether `value` is an integer (Python, numpy or torch; not bool) >= `minimum`."""
     if _is_bool(value) or isinstance(value, (str, bytes)):
         return False
@@ -51,7 +53,11 @@ def is_int(value: Any, minimum: Optional[int] = 1) -> bool:
     return minimum is None or number >= minimum
 
 
-def as_int(name: str, value: Any, *, minimum: Optional[int] = 1, none_ok: bool = False) -> Optional[int]:
+@overload
+def as_int(name: str, value: Any, *, minimum: int | None = 1, none_ok: Literal[False] = False) -> int: ...
+@overload
+def as_int(name: str, value: Any, *, minimum: int | None = 1, none_ok: bool) -> int | None: ...
+def as_int(name: str, value: Any, *, minimum: int | None = 1, none_ok: bool = False) -> int | None:
     """`value` as a Python int, or ValueError naming `name`.
 
     Args:
@@ -64,13 +70,35 @@ def as_int(name: str, value: Any, *, minimum: Optional[int] = 1, none_ok: bool =
         return None
     if not is_int(value, minimum):
         what = {1: "a positive integer", 0: "an integer >= 0", None: "an integer"}.get(
-            minimum, f"an integer >= {minimum}")
+            minimum, f"an integer >= {minimum}"
+        )
         raise ValueError(f"{name}: expected {what}{' or None' if none_ok else ''}, {_got(value)}")
     return operator.index(value)
 
 
-def as_number(name: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
-              low_open: bool = True, none_ok: bool = False) -> Optional[float]:
+@overload
+def as_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = True,
+    none_ok: Literal[False] = False,
+) -> float: ...
+@overload
+def as_number(
+    name: str, value: Any, *, low: float | None = None, high: float | None = None, low_open: bool = True, none_ok: bool
+) -> float | None: ...
+def as_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = True,
+    none_ok: bool = False,
+) -> float | None:
     """`value` as a finite float in the range (low, high] (`low_open`) or [low, high], or ValueError."""
     if value is None and none_ok:
         return None
@@ -79,8 +107,10 @@ def as_number(name: str, value: Any, *, low: Optional[float] = None, high: Optio
         number = float(value)
         ok = (low is None or (number > low if low_open else number >= low)) and (high is None or number <= high)
     if not ok:
-        bounds = [f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
-                  f"<= {high:g}" if high is not None else ""]
+        bounds = [
+            f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
+            f"<= {high:g}" if high is not None else "",
+        ]
         what = "a finite number" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
         raise ValueError(f"{name}: expected {what}{' or None' if none_ok else ''}, {_got(value)}")
     return float(value)
@@ -93,8 +123,9 @@ def as_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
-def refuse_unknown(owner: str, given: Iterable[str], accepted: Iterable[str],
-                   renames: Optional[Mapping[str, str]] = None) -> None:
+def refuse_unknown(
+    owner: str, given: Iterable[str], accepted: Iterable[str], renames: Mapping[str, str] | None = None
+) -> None:
     """Raise UnknownArgumentError for names in `given` that are not `accepted`.
 
     Args:
@@ -110,8 +141,9 @@ def refuse_unknown(owner: str, given: Iterable[str], accepted: Iterable[str],
     renames = renames or {}
     for name in unknown:
         if name in renames:
-            raise UnknownArgumentError(f"{owner}: {name!r} is not a ContextFlow setting here; "
-                                       f"use {renames[name]} instead")
+            raise UnknownArgumentError(
+                f"{owner}: {name!r} is not a ContextFlow setting here; use {renames[name]} instead"
+            )
     raise UnknownArgumentError(f"{owner}: unknown argument(s) {unknown}; accepted: {accepted}")
 
 
@@ -125,8 +157,9 @@ def take_alias(values: dict, alias: str, name: str, owner: str) -> dict:
     values = dict(values)
     value = values.pop(alias)
     if name in values and values[name] != value:
-        raise ValueError(f"{owner}: {alias}={value!r} and {name}={values[name]!r} name the same setting; "
-                         "pass only one of them")
+        raise ValueError(
+            f"{owner}: {alias}={value!r} and {name}={values[name]!r} name the same setting; pass only one of them"
+        )
     values[name] = value
     return values
 
@@ -155,33 +188,61 @@ def check_placeholders(name: str, template: Any, allowed: Iterable[str], require
     try:
         fields = [f for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
-        raise ValueError(f"{name}: not a valid format string ({e}), got {template!r}; "
-                         "write literal braces as {{ and }}") from None
+        raise ValueError(
+            f"{name}: not a valid format string ({e}), got {template!r}; write literal braces as {{{{ and }}}}"
+        ) from None
     for field in fields:
         if field not in allowed:
-            raise ValueError(f"{name}: unknown placeholder {{{field}}} in {template!r}; allowed: {shown} "
-                             "(write literal braces as {{ and }})")
+            raise ValueError(
+                f"{name}: unknown placeholder {{{field}}} in {template!r}; allowed: {shown} "
+                "(write literal braces as {{ and }})"
+            )
     for key in ("{" + k + "}" for k in required if k not in fields):
         raise ValueError(f"{name} must contain {key}, got {template!r}")
 
 
 # ----------------------------------------------------------------------------- generate kwargs
-_INTS = {"num_beams": 1, "num_return_sequences": 1, "num_beam_groups": 1, "top_k": 0, "max_length": 1,
-         "max_new_tokens": 1, "min_length": 0, "min_new_tokens": 0, "no_repeat_ngram_size": 0,
-         "encoder_no_repeat_ngram_size": 0, "pad_token_id": 0}
-_NUMBERS = {"temperature": (0.0, None, True), "top_p": (0.0, 1.0, True), "min_p": (0.0, 1.0, False),
-            "typical_p": (0.0, 1.0, True), "repetition_penalty": (0.0, None, True),
-            "length_penalty": (None, None, True),
-            "diversity_penalty": (0.0, None, False), "max_time": (0.0, None, True)}
-_BOOLS = ("do_sample", "use_cache", "renormalize_logits", "remove_invalid_values", "output_scores",
-          "return_dict_in_generate", "output_logits")
+_INTS = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "num_beam_groups": 1,
+    "top_k": 0,
+    "max_length": 1,
+    "max_new_tokens": 1,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "pad_token_id": 0,
+}
+_NUMBERS = {
+    "temperature": (0.0, None, True),
+    "top_p": (0.0, 1.0, True),
+    "min_p": (0.0, 1.0, False),
+    "typical_p": (0.0, 1.0, True),
+    "repetition_penalty": (0.0, None, True),
+    "length_penalty": (None, None, True),
+    "diversity_penalty": (0.0, None, False),
+    "max_time": (0.0, None, True),
+}
+_BOOLS = (
+    "do_sample",
+    "use_cache",
+    "renormalize_logits",
+    "remove_invalid_values",
+    "output_scores",
+    "return_dict_in_generate",
+    "output_logits",
+)
 SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p", "typical_p")
 _EXTRA_GENERATE_NAMES = ("tokenizer", "assistant_tokenizer")
 #: `generate` arguments RAG decoding (`RAGSequence.generate`) sets itself -> what to pass instead.
 RAG_RESERVED = {
-    "input_ids": "pass questions=[...]", "attention_mask": "pass questions=[...]",
+    "input_ids": "pass questions=[...]",
+    "attention_mask": "pass questions=[...]",
     "max_length": "pass max_new_tokens= (the prompt length varies per passage)",
-    "output_scores": "decoding always scores candidates", "return_dict_in_generate": "decoding needs it",
+    "output_scores": "decoding always scores candidates",
+    "return_dict_in_generate": "decoding needs it",
 }
 
 
@@ -197,9 +258,14 @@ def generate_names() -> frozenset:
     return frozenset(config | params | set(_EXTRA_GENERATE_NAMES))
 
 
-def check_generate_kwargs(kwargs: Mapping[str, Any], *, owner: str = "generate",
-                          reserved: Optional[Mapping[str, str]] = None,
-                          sampling: Optional[bool] = None, also: Iterable[str] = ()) -> dict:
+def check_generate_kwargs(
+    kwargs: Mapping[str, Any],
+    *,
+    owner: str = "generate",
+    reserved: Mapping[str, str] | None = None,
+    sampling: bool | None = None,
+    also: Iterable[str] = (),
+) -> dict:
     """Validate keyword arguments bound for HF `generate`; returns them with numbers normalised.
 
     Args:
@@ -223,7 +289,8 @@ def check_generate_kwargs(kwargs: Mapping[str, Any], *, owner: str = "generate",
         own = f"{sorted(set(also))} or " if also else ""
         raise UnknownArgumentError(
             f"{owner}: unknown argument(s) {unknown}; accepted: {own}a transformers GenerationConfig field or "
-            "generate() argument (e.g. num_beams, do_sample, temperature, top_p, top_k, repetition_penalty)")
+            "generate() argument (e.g. num_beams, do_sample, temperature, top_p, top_k, repetition_penalty)"
+        )
     out = dict(kwargs)
     for name, value in kwargs.items():
         if value is None:
@@ -238,6 +305,8 @@ def check_generate_kwargs(kwargs: Mapping[str, Any], *, owner: str = "generate",
     samples = bool(out.get("do_sample", False)) if sampling is None else sampling
     given = [n for n in SAMPLING_ONLY if out.get(n) is not None]
     if given and not samples:
-        raise ValueError(f"{owner}: {given} only apply when sampling, but this call decodes greedily; "
-                         "pass do_sample=True (or a temperature > 0 where the component takes one), or drop them")
+        raise ValueError(
+            f"{owner}: {given} only apply when sampling, but this call decodes greedily; "
+            "pass do_sample=True (or a temperature > 0 where the component takes one), or drop them"
+        )
     return out

@@ -8,11 +8,13 @@
 Adapters are thin (conversion + delegation to `contextflow_core`) and import their
 framework only when used; `contextflow_core` never imports either framework.
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def lazy_exports(package: str, exports: dict[str, str], framework: str, hint: str) -> Callable[[str], Any]:

@@ -22,10 +22,12 @@ The retrieval here runs the question encoder once more than `generate` alone wou
 (generate retrieves again, deterministically, in eval mode): the adapters call it only
 when a trace is being recorded.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -37,7 +39,10 @@ __all__ = ["DecodingPass", "Retrieval", "ROWS_PER_QUESTION", "generate_recording
 #: Rows one question contributes to a decoding pass, per decoding mode: (K, R) -> rows,
 #: with R the sequences returned per prompt. A (question, passage) row is one prompt f(x, z_k).
 ROWS_PER_QUESTION: dict[str, Callable[[int, int], int]] = {
-    "thorough": lambda k, r: k * r, "fast": lambda k, r: k * r, "concat": lambda k, r: 1}
+    "thorough": lambda k, r: k * r,
+    "fast": lambda k, r: k * r,
+    "concat": lambda k, r: 1,
+}
 
 
 @dataclass
@@ -72,18 +77,21 @@ class DecodingPass:
 
     index: int
     prompts: list[str]
-    rows: list[tuple[int, Optional[int]]]
+    rows: list[tuple[int, int | None]]
     outputs: list[str] = field(default_factory=list)
     captured: bool = True
 
 
-def retrieve(model: Any, questions: Sequence[str], num_docs: Optional[int]) -> Retrieval:
+def retrieve(model: Any, questions: Sequence[str], num_docs: int | None) -> Retrieval:
     """The K passages of each question with p(z|x) and q . d (eval mode, no gradient)."""
     with model.inference(), torch.no_grad():
         doc_lp, retrieved = model.retrieve(list(questions), model.resolve_num_docs(num_docs))
-    return Retrieval(questions=list(questions), passages=retrieved.passages,
-                     priors=doc_lp.detach().float().exp().cpu().tolist(),
-                     scores=retrieved.scores.detach().float().cpu().tolist())
+    return Retrieval(
+        questions=list(questions),
+        passages=retrieved.passages,
+        priors=doc_lp.detach().float().exp().cpu().tolist(),
+        scores=retrieved.scores.detach().float().cpu().tolist(),
+    )
 
 
 def _eos_ids(model: Any) -> set[int]:
@@ -100,15 +108,22 @@ class _PassRecorder(BaseStreamer):
     Calls that reach the streamer are forwarded to `inner` (a caller's own streamer) unchanged.
     """
 
-    def __init__(self, model: Any, k: int, rows_per_question: int, per_passage: bool,
-                 on_pass: Callable[[DecodingPass], None], inner: Optional[BaseStreamer] = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        k: int,
+        rows_per_question: int,
+        per_passage: bool,
+        on_pass: Callable[[DecodingPass], None],
+        inner: BaseStreamer | None = None,
+    ) -> None:
         self.tokenizer, self.eos = model.generator_tokenizer, _eos_ids(model)
         pad = self.tokenizer.pad_token_id
         self.pad = self.tokenizer.eos_token_id if pad is None else pad
         self.k, self.rows_per_question, self.per_passage = k, rows_per_question, per_passage
         self.on_pass, self.inner = on_pass, inner
         self.passes: list[DecodingPass] = []
-        self._new: Optional[list[list[int]]] = None
+        self._new: list[list[int]] | None = None
         self._row = 0  # rows seen in earlier passes of this call
 
     def put(self, value: torch.Tensor) -> None:
@@ -118,13 +133,14 @@ class _PassRecorder(BaseStreamer):
         if self._new is None:  # a new generate call: its (left-padded) prompts
             prompts = [self._prompt_text(row) for row in value.tolist()]
             rows = [self._row + i for i in range(len(prompts))]
-            self.passes.append(DecodingPass(index=len(self.passes), prompts=prompts,
-                                            rows=[self.row_of(r) for r in rows]))
+            self.passes.append(
+                DecodingPass(index=len(self.passes), prompts=prompts, rows=[self.row_of(r) for r in rows])
+            )
             self._new = [[] for _ in prompts]
             self._row += len(prompts)
             self.on_pass(self.passes[-1])
             return
-        for row, tokens in zip(self._new, value.reshape(len(self._new), -1).tolist()):
+        for row, tokens in zip(self._new, value.reshape(len(self._new), -1).tolist(), strict=True):
             row.extend(tokens)
 
     def end(self) -> None:
@@ -135,7 +151,7 @@ class _PassRecorder(BaseStreamer):
             self.passes[-1].outputs = [self._output_text(ids) for ids in self._new]
         self._new = None
 
-    def row_of(self, row: int) -> tuple[int, Optional[int]]:
+    def row_of(self, row: int) -> tuple[int, int | None]:
         """(question, passage) of a row counted over the whole call."""
         question, offset = divmod(row, self.rows_per_question)
         return question, (offset * self.k // self.rows_per_question if self.per_passage else None)
@@ -154,7 +170,7 @@ class _PassRecorder(BaseStreamer):
 def _rebuilt_pass(model: Any, retrieval: Retrieval, decoding: str, answers: list[RagAnswer]) -> DecodingPass:
     """A pass rebuilt after decoding: each question's prompts, its final answer as their output."""
     prompts, rows, outputs = [], [], []
-    for b, (question, passages) in enumerate(zip(retrieval.questions, retrieval.passages)):
+    for b, (question, passages) in enumerate(zip(retrieval.questions, retrieval.passages, strict=True)):
         groups = [(None, passages)] if decoding == "concat" else [([k], [p]) for k, p in enumerate(passages)]
         for k, group in groups:
             ids = model.prompts.encode(question, group).input_ids
@@ -164,8 +180,13 @@ def _rebuilt_pass(model: Any, retrieval: Retrieval, decoding: str, answers: list
     return DecodingPass(index=0, prompts=prompts, rows=rows, outputs=outputs, captured=False)
 
 
-def generate_recording(model: Any, questions: Sequence[str], options: dict[str, Any], retrieval: Retrieval,
-                       on_pass: Callable[[DecodingPass], None]) -> tuple[list[RagAnswer], list[DecodingPass]]:
+def generate_recording(
+    model: Any,
+    questions: Sequence[str],
+    options: dict[str, Any],
+    retrieval: Retrieval,
+    on_pass: Callable[[DecodingPass], None],
+) -> tuple[list[RagAnswer], list[DecodingPass]]:
     """`model.generate(questions=..., **options)`, with its decoding passes recorded.
 
     Args:
@@ -185,8 +206,9 @@ def generate_recording(model: Any, questions: Sequence[str], options: dict[str, 
     recorder = None
     if beams == 1 and decoding in ROWS_PER_QUESTION and (inner is None or decoding == "concat"):
         k = len(retrieval.passages[0]) if retrieval.passages else 0
-        recorder = _PassRecorder(model, k, max(1, ROWS_PER_QUESTION[decoding](k, returned)), decoding != "concat",
-                                 on_pass, inner)
+        recorder = _PassRecorder(
+            model, k, max(1, ROWS_PER_QUESTION[decoding](k, returned)), decoding != "concat", on_pass, inner
+        )
         options = {**options, "streamer": recorder}
     answers = model.generate(questions=list(questions), **options)
     if recorder is not None and recorder.passes:

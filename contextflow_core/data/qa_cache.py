@@ -25,13 +25,14 @@ Example:
     >>> ReplyCache(path).get(key)
     'Who?'
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from contextflow_core.io_utils import atomic_write_text, fsync_dir
 
@@ -74,7 +75,7 @@ class ReplyCache:
             a malformed line before its last one (the message names file and line).
     """
 
-    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         if not isinstance(path, (str, os.PathLike)) or str(path) == "":
             raise ValueError(f"cache: expected a file path (str or os.PathLike), got {path!r}")
         self.path = Path(path)
@@ -95,7 +96,7 @@ class ReplyCache:
     def __contains__(self, key: object) -> bool:
         return key in self._replies
 
-    def get(self, key: str) -> Optional[str]:
+    def get(self, key: str) -> str | None:
         """The cached reply for `key`, or None."""
         return self._replies.get(key)
 
@@ -136,22 +137,33 @@ class ReplyCache:
         except (json.JSONDecodeError, UnicodeDecodeError):
             header = None
         if not isinstance(header, dict) or header.get("contextflow") != CACHE_HEADER["contextflow"]:
-            raise ValueError(f"cache: {where} is not a ContextFlow QA cache (its first line is not "
-                             f"{json.dumps(CACHE_HEADER)}); it is left untouched: pass a new path")
+            raise ValueError(
+                f"cache: {where} is not a ContextFlow QA cache (its first line is not "
+                f"{json.dumps(CACHE_HEADER)}); it is left untouched: pass a new path"
+            )
         if header.get("version") != CACHE_HEADER["version"]:
-            raise ValueError(f"cache: {where} has version {header.get('version')!r}, expected "
-                             f"{CACHE_HEADER['version']}; pass a new path")
+            raise ValueError(
+                f"cache: {where} has version {header.get('version')!r}, expected "
+                f"{CACHE_HEADER['version']}; pass a new path"
+            )
 
     def _add(self, line: bytes, where: str) -> None:
         try:
             record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"cache: invalid JSON in {where} (only the last line may be torn); "
-                             "the file was changed by something else: pass a new path") from e
-        if not isinstance(record, dict) or not isinstance(record.get("key"), str) \
-                or not isinstance(record.get("reply"), str):
-            raise ValueError(f"cache: expected an object with string 'key' and 'reply' in {where}, "
-                             f"got {str(record)[:80]!r}; pass a new path")
+            raise ValueError(
+                f"cache: invalid JSON in {where} (only the last line may be torn); "
+                "the file was changed by something else: pass a new path"
+            ) from e
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("key"), str)
+            or not isinstance(record.get("reply"), str)
+        ):
+            raise ValueError(
+                f"cache: expected an object with string 'key' and 'reply' in {where}, "
+                f"got {str(record)[:80]!r}; pass a new path"
+            )
         self._replies[record["key"]] = record["reply"]
 
     def _drop_torn_tail(self, size: int) -> None:

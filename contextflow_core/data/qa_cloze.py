@@ -10,6 +10,7 @@ The sentence holding the answer is rewritten in one of three ways, first that ap
    with the wh-phrase fronted ("X was born in 1901." -> "In what year was X born?");
 3. otherwise an echo question: the answer is replaced in place ("X makes what?").
 """
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,12 @@ def _sentence_with(text: str, answer: str) -> str | None:
 
 def _is_person(answer: str) -> bool:
     words = answer.split()
-    return (len(words) >= 2 and all(w[0].isupper() for w in words)
-            and words[-1].lower() not in _ORG_WORDS and words[0] not in {"Mount", "Lake", "River"})
+    return (
+        len(words) >= 2
+        and all(w[0].isupper() for w in words)
+        and words[-1].lower() not in _ORG_WORDS
+        and words[0] not in {"Mount", "Lake", "River"}
+    )
 
 
 def _wh(answer: str, prep: str) -> tuple[str, bool]:

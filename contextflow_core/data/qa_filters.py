@@ -17,14 +17,16 @@ Example:
     >>> near_duplicates(["Who founded Tarsk?", "who founded Tarsk", "Where is Tarsk?"], 0.8)
     [False, True, False]
 """
+
 from __future__ import annotations
 
 import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 __all__ = ["QAFilters", "contains_tokens", "near_duplicates", "normalize", "round_trip_hits"]
 
@@ -77,8 +79,10 @@ class QAFilters:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"QAFilters.{name}: expected a positive integer, got {value!r}")
         if self.round_trip is not None and not _is_retriever(self.round_trip):
-            raise ValueError("QAFilters.round_trip: expected None, a RAGSequence or a Retriever with a question "
-                             f"encoder, got {type(self.round_trip).__name__}")
+            raise ValueError(
+                "QAFilters.round_trip: expected None, a RAGSequence or a Retriever with a question "
+                f"encoder, got {type(self.round_trip).__name__}"
+            )
 
 
 def normalize(text: str) -> str:
@@ -152,8 +156,9 @@ def _clamp(k: int, retriever: Any) -> int:
         return k
 
 
-def round_trip_hits(retriever: Any, questions: Sequence[str], source_ids: Sequence[str], k: int,
-                    batch_size: int = 64) -> list[bool]:
+def round_trip_hits(
+    retriever: Any, questions: Sequence[str], source_ids: Sequence[str], k: int, batch_size: int = 64
+) -> list[bool]:
     """Whether each question's source passage is in the retriever's top-k for it.
 
     Args:
@@ -171,11 +176,11 @@ def round_trip_hits(retriever: Any, questions: Sequence[str], source_ids: Sequen
     for start in range(0, len(questions), batch_size):
         chunk = list(questions[start : start + batch_size])
         ids = _top_ids(retriever, chunk, k)
-        hits += [src in row for src, row in zip(source_ids[start : start + batch_size], ids)]
+        hits += [src in row for src, row in zip(source_ids[start : start + batch_size], ids, strict=True)]
     return hits
 
 
-def check_question(question: str, answer: str, passage_text: str, filters: QAFilters) -> Optional[str]:
+def check_question(question: str, answer: str, passage_text: str, filters: QAFilters) -> str | None:
     """The first per-pair filter `question`/`answer` fails (a report key), or None when it passes.
 
     Dedupe and the round trip look at the whole set and run afterwards.

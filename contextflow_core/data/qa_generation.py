@@ -28,13 +28,15 @@ Example:
     >>> [(e.question, e.answer, e.gold_ids) for e in result.examples]
     [('In what year was Tarsk founded by Ilo Varn?', '1204', ['0'])]
 """
+
 from __future__ import annotations
 
 import random
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from contextflow_core.data.qa_cache import ReplyCache, prompt_sha, reply_key
 from contextflow_core.data.qa_filters import (
@@ -56,8 +58,16 @@ from contextflow_core.data.qa_sampling import as_passages, sample_passages
 from contextflow_core.data.readers import QAExample
 from contextflow_core.types import Passage
 
-__all__ = ["MODES", "QAFilters", "QAGenerationResult", "QAReport", "QAWriterError", "generate_qa",
-           "resolve_writer", "writer_identity"]
+__all__ = [
+    "MODES",
+    "QAFilters",
+    "QAGenerationResult",
+    "QAReport",
+    "QAWriterError",
+    "generate_qa",
+    "resolve_writer",
+    "writer_identity",
+]
 
 
 class QAWriterError(RuntimeError):
@@ -67,22 +77,21 @@ class QAWriterError(RuntimeError):
 # ---------------------------------------------------------------------------- modes
 
 
-def _extractive_prompts(passage: Passage, n: int, rng: random.Random, template: str) -> list[tuple[str, Optional[str]]]:
+def _extractive_prompts(passage: Passage, n: int, rng: random.Random, template: str) -> list[tuple[str, str | None]]:
     answers = pick_answers(passage.text, n, rng, title=passage.title)
     return [(template.format(title=passage.title or "", passage=passage.text, answer=a), a) for a in answers]
 
 
-def _abstractive_prompts(passage: Passage, n: int, rng: random.Random,
-                         template: str) -> list[tuple[str, Optional[str]]]:
+def _abstractive_prompts(passage: Passage, n: int, rng: random.Random, template: str) -> list[tuple[str, str | None]]:
     return [(template.format(title=passage.title or "", passage=passage.text), None)] * n
 
 
-def _parse_extractive(reply: str, answer: Optional[str]) -> Optional[tuple[str, str]]:
+def _parse_extractive(reply: str, answer: str | None) -> tuple[str, str] | None:
     question = parse_question(reply)
     return None if question is None or answer is None else (question, answer)
 
 
-def _parse_abstractive(reply: str, answer: Optional[str]) -> Optional[tuple[str, str]]:
+def _parse_abstractive(reply: str, answer: str | None) -> tuple[str, str] | None:
     return parse_qa(reply)
 
 
@@ -91,15 +100,25 @@ class _Mode:
     template: str  # the default template
     fields: frozenset  # fields a template may use
     required: frozenset  # fields a template must use
-    prompts: Callable[[Passage, int, random.Random, str], list[tuple[str, Optional[str]]]]
-    parse: Callable[[str, Optional[str]], Optional[tuple[str, str]]]
+    prompts: Callable[[Passage, int, random.Random, str], list[tuple[str, str | None]]]
+    parse: Callable[[str, str | None], tuple[str, str] | None]
 
 
 MODES: dict[str, _Mode] = {
-    "extractive": _Mode(DEFAULT_QUESTION_TEMPLATE, frozenset({"title", "passage", "answer"}),
-                        frozenset({"passage", "answer"}), _extractive_prompts, _parse_extractive),
-    "abstractive": _Mode(ABSTRACTIVE_TEMPLATE, frozenset({"title", "passage"}), frozenset({"passage"}),
-                         _abstractive_prompts, _parse_abstractive),
+    "extractive": _Mode(
+        DEFAULT_QUESTION_TEMPLATE,
+        frozenset({"title", "passage", "answer"}),
+        frozenset({"passage", "answer"}),
+        _extractive_prompts,
+        _parse_extractive,
+    ),
+    "abstractive": _Mode(
+        ABSTRACTIVE_TEMPLATE,
+        frozenset({"title", "passage"}),
+        frozenset({"passage"}),
+        _abstractive_prompts,
+        _parse_abstractive,
+    ),
 }
 """Generation modes: extractive (an answer span is picked first, the writer asks for it) and
 abstractive (the writer writes question and answer, parsed by `parse_qa`)."""
@@ -117,9 +136,11 @@ def _check_template(template: Any, mode: str) -> str:
         raise ValueError(f"template: not a valid str.format template ({e}); write literal braces as {{{{ }}}}") from e
     unknown, missing = names - spec.fields, spec.required - names
     if unknown or missing:
-        raise ValueError(f"template: {mode} mode fills the fields {sorted(spec.fields)} and needs "
-                         f"{sorted(spec.required)}; got unknown {sorted(unknown)}, missing {sorted(missing)} "
-                         "(write literal braces as {{ }})")
+        raise ValueError(
+            f"template: {mode} mode fills the fields {sorted(spec.fields)} and needs "
+            f"{sorted(spec.required)}; got unknown {sorted(unknown)}, missing {sorted(missing)} "
+            "(write literal braces as {{ }})"
+        )
     return template
 
 
@@ -152,11 +173,15 @@ def resolve_writer(writer: Any) -> tuple[Any, str]:
         made = WRITERS[name]()
         return made, writer_identity(made)
     if isinstance(writer, type):
-        raise TypeError(f"writer: expected a writer object, got the class {writer.__name__}; "
-                        f"pass an instance, e.g. writer={writer.__name__}()")
+        raise TypeError(
+            f"writer: expected a writer object, got the class {writer.__name__}; "
+            f"pass an instance, e.g. writer={writer.__name__}()"
+        )
     if not callable(writer):
-        raise TypeError(f"writer: expected None, a name in {sorted(WRITERS)} or a callable prompt -> text, "
-                        f"got {type(writer).__name__}")
+        raise TypeError(
+            f"writer: expected None, a name in {sorted(WRITERS)} or a callable prompt -> text, "
+            f"got {type(writer).__name__}"
+        )
     return writer, writer_identity(writer)
 
 
@@ -189,12 +214,13 @@ class _Job:
     passage: Passage
     slot: int
     prompt: str
-    answer: Optional[str]
+    answer: str | None
     key: str
 
 
-def _build_jobs(passages: list[Passage], mode: str, template: str, n: int, seed: int, writer_id: str,
-                report: QAReport) -> list[_Job]:
+def _build_jobs(
+    passages: list[Passage], mode: str, template: str, n: int, seed: int, writer_id: str, report: QAReport
+) -> list[_Job]:
     jobs = []
     for passage in passages:
         rng = random.Random(f"{seed}\x00{passage.id}")  # per passage: independent of which others were sampled
@@ -209,8 +235,15 @@ def _build_jobs(passages: list[Passage], mode: str, template: str, n: int, seed:
     return jobs
 
 
-def _collect_replies(jobs: list[_Job], writer: Any, writer_id: str, cache: Optional[ReplyCache],
-                     batch_size: int, progress: bool, report: QAReport) -> list[Any]:
+def _collect_replies(
+    jobs: list[_Job],
+    writer: Any,
+    writer_id: str,
+    cache: ReplyCache | None,
+    batch_size: int,
+    progress: bool,
+    report: QAReport,
+) -> list[Any]:
     from tqdm.auto import tqdm
 
     replies: list[Any] = [cache.get(j.key) if cache is not None else None for j in jobs]
@@ -223,11 +256,18 @@ def _collect_replies(jobs: list[_Job], writer: Any, writer_id: str, cache: Optio
             got = _call_writer(writer, [jobs[i].prompt for i in rows])
             report.writer_calls += len(rows)
             records = []
-            for i, reply in zip(rows, got):
+            for i, reply in zip(rows, got, strict=True):
                 replies[i] = reply
                 if isinstance(reply, str):
-                    records.append({"key": jobs[i].key, "passage_id": jobs[i].passage.id,
-                                    "prompt_sha": prompt_sha(jobs[i].prompt), "writer": writer_id, "reply": reply})
+                    records.append(
+                        {
+                            "key": jobs[i].key,
+                            "passage_id": jobs[i].passage.id,
+                            "prompt_sha": prompt_sha(jobs[i].prompt),
+                            "writer": writer_id,
+                            "reply": reply,
+                        }
+                    )
             if cache is not None:
                 cache.append(records)
             bar.update(len(rows))
@@ -235,7 +275,7 @@ def _collect_replies(jobs: list[_Job], writer: Any, writer_id: str, cache: Optio
     return replies
 
 
-def _reply_pair(job: _Job, reply: Any, mode: str, filters: QAFilters, report: QAReport) -> Optional[tuple[str, str]]:
+def _reply_pair(job: _Job, reply: Any, mode: str, filters: QAFilters, report: QAReport) -> tuple[str, str] | None:
     """The parsed, per-pair-filtered (question, answer), or None (counted in the report)."""
     if isinstance(reply, BaseException):
         report.skipped["writer_error"] += 1
@@ -260,32 +300,45 @@ def _reply_pair(job: _Job, reply: Any, mode: str, filters: QAFilters, report: QA
     return pair
 
 
-def _filter_set(found: list[tuple[_Job, str, str]], filters: QAFilters, batch_size: int,
-                report: QAReport) -> list[tuple[_Job, str, str]]:
+def _filter_set(
+    found: list[tuple[_Job, str, str]], filters: QAFilters, batch_size: int, report: QAReport
+) -> list[tuple[_Job, str, str]]:
     if filters.dedupe and found:
         flags = near_duplicates([q for _, q, _ in found], filters.dedupe_threshold)
         report.skipped["duplicate"] += sum(flags)
-        found = [f for f, dup in zip(found, flags) if not dup]
+        found = [f for f, dup in zip(found, flags, strict=True) if not dup]
     if filters.round_trip is not None and found:
-        hits = round_trip_hits(filters.round_trip, [q for _, q, _ in found], [j.passage.id for j, _, _ in found],
-                               filters.round_trip_k, batch_size=max(batch_size, 32))
+        hits = round_trip_hits(
+            filters.round_trip,
+            [q for _, q, _ in found],
+            [j.passage.id for j, _, _ in found],
+            filters.round_trip_k,
+            batch_size=max(batch_size, 32),
+        )
         report.skipped["round_trip_miss"] += hits.count(False)
-        found = [f for f, hit in zip(found, hits) if hit]
+        found = [f for f, hit in zip(found, hits, strict=True) if hit]
     return found
 
 
 def _example(job: _Job, question: str, answer: str, mode: str, writer_id: str) -> QAExample:
-    metadata = {"source": GENERATOR_TAG, "mode": mode, "writer": writer_id, "passage_id": job.passage.id,
-                "qa_id": f"{job.passage.id}#{job.slot}"}
+    metadata = {
+        "source": GENERATOR_TAG,
+        "mode": mode,
+        "writer": writer_id,
+        "passage_id": job.passage.id,
+        "qa_id": f"{job.passage.id}#{job.slot}",
+    }
     return QAExample(question=question, answer=answer, gold_ids=[job.passage.id], metadata=metadata)
 
 
 def _check_failed_writer(report: QAReport, writer_id: str) -> None:
     bad = report.skipped["writer_error"] + report.skipped["not_text"]
     if report.writer_calls and report.cached == 0 and bad == report.writer_calls:
-        raise QAWriterError(f"writer: {writer_id} failed on all {report.writer_calls} prompts; first error: "
-                            f"{report.first_error}. Check the writer (try it on one prompt), or pass another "
-                            "writer (e.g. writer='cloze')")
+        raise QAWriterError(
+            f"writer: {writer_id} failed on all {report.writer_calls} prompts; first error: "
+            f"{report.first_error}. Check the writer (try it on one prompt), or pass another "
+            "writer (e.g. writer='cloze')"
+        )
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -313,13 +366,13 @@ def generate_qa(
     writer: Any = None,
     *,
     num_questions_per_passage: int = 1,
-    template: Optional[str] = None,
+    template: str | None = None,
     mode: str = "extractive",
-    sample: Optional[int] = None,
-    stratify_by: Optional[str] = None,
+    sample: int | None = None,
+    stratify_by: str | None = None,
     seed: int = 0,
-    filters: Optional[QAFilters] = None,
-    cache: Union[None, str, Any] = None,
+    filters: QAFilters | None = None,
+    cache: None | str | Any = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> QAGenerationResult:
@@ -372,8 +425,11 @@ def generate_qa(
     report = QAReport(passages=len(corpus), sampled=len(chosen))
     jobs = _build_jobs(chosen, mode, template, n, seed, writer_id, report)
     replies = _collect_replies(jobs, writer, writer_id, reply_cache, batch_size, progress, report)
-    found = [(job, *pair) for job, reply in zip(jobs, replies)
-             if (pair := _reply_pair(job, reply, mode, filters, report)) is not None]
+    found = [
+        (job, *pair)
+        for job, reply in zip(jobs, replies, strict=True)
+        if (pair := _reply_pair(job, reply, mode, filters, report)) is not None
+    ]
     _check_failed_writer(report, writer_id)
     found = _filter_set(found, filters, batch_size, report)
     examples = [_example(job, q, a, mode, writer_id) for job, q, a in found]

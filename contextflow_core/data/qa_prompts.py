@@ -28,6 +28,7 @@ Example:
     >>> ClozeWriter()(prompt)
     'In what year was Talvo Brenn born?'
 """
+
 from __future__ import annotations
 
 import re
@@ -89,7 +90,9 @@ _PREFIX = re.compile(r"^\s*(?:[-*\d.)\s]*)(?:question|q)\s*[:.)-]\s*", re.IGNORE
 _ANSWER_LINE = re.compile(r"^\s*(?:answer|a)\s*[:.)-]\s*(.*)$", re.IGNORECASE)
 _QUESTION_START = re.compile(
     r"^(?:who|whom|whose|what|which|when|where|why|how|in|on|at|from|to|by|for|is|are|was|were|"
-    r"do|does|did|can|could|has|have|had)\b", re.IGNORECASE)
+    r"do|does|did|can|could|has|have|had)\b",
+    re.IGNORECASE,
+)
 _MAX_QUESTION_CHARS = 300
 
 
@@ -162,7 +165,7 @@ def parse_qa(reply: str) -> tuple[str, str] | None:
         question = _clean_question(line)
         if question is None:
             continue
-        answer = _answer_after(lines[i + 1:])
+        answer = _answer_after(lines[i + 1 :])
         return (question, answer) if answer else None
     return None
 
@@ -271,17 +274,31 @@ class EmbeddedQuestionWriter:
         ' What does Korvik export?'
     """
 
-    def __init__(self, generator: Any = None, tokenizer: Any = None, *, reader: bool = False,
-                 max_new_tokens: int = 40, batch_size: int = 8, chat: bool = True,
-                 max_prompt_tokens: int = 1024, stop: str | None = "auto") -> None:
+    def __init__(
+        self,
+        generator: Any = None,
+        tokenizer: Any = None,
+        *,
+        reader: bool = False,
+        max_new_tokens: int = 40,
+        batch_size: int = 8,
+        chat: bool = True,
+        max_prompt_tokens: int = 1024,
+        stop: str | None = "auto",
+    ) -> None:
         if (generator is None) != (tokenizer is None):
-            raise ValueError("generator/tokenizer: pass both (a HF causal LM and its tokenizer) or neither "
-                             f"(the embedded default); got generator={type(generator).__name__}, "
-                             f"tokenizer={type(tokenizer).__name__}")
+            raise ValueError(
+                "generator/tokenizer: pass both (a HF causal LM and its tokenizer) or neither "
+                f"(the embedded default); got generator={type(generator).__name__}, "
+                f"tokenizer={type(tokenizer).__name__}"
+            )
         if not isinstance(reader, bool):
             raise TypeError(f"reader: expected True or False, got {reader!r}")
-        for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1),
-                                 ("max_prompt_tokens", max_prompt_tokens, 8)):
+        for name, value, low in (
+            ("max_new_tokens", max_new_tokens, 1),
+            ("batch_size", batch_size, 1),
+            ("max_prompt_tokens", max_prompt_tokens, 8),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
         if not isinstance(chat, bool):
@@ -297,11 +314,15 @@ class EmbeddedQuestionWriter:
     @property
     def cache_id(self) -> str:
         """Names the writer and every setting that changes its output (`generate_qa`'s cache key)."""
-        model = "embedded-smollm2-135m" + ("+reader" if self.reader else "") if self.model is None or \
-            self._embedded else str(getattr(getattr(self.model, "config", None), "_name_or_path", "") or
-                                    type(self.model).__name__)
-        return (f"EmbeddedQuestionWriter(model={model}, max_new_tokens={self.max_new_tokens}, chat={self.chat}, "
-                f"max_prompt_tokens={self.max_prompt_tokens}, stop={self.stop})")
+        model = (
+            "embedded-smollm2-135m" + ("+reader" if self.reader else "")
+            if self.model is None or self._embedded
+            else str(getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__)
+        )
+        return (
+            f"EmbeddedQuestionWriter(model={model}, max_new_tokens={self.max_new_tokens}, chat={self.chat}, "
+            f"max_prompt_tokens={self.max_prompt_tokens}, stop={self.stop})"
+        )
 
     def _load(self) -> None:
         if self.model is None:
@@ -343,19 +364,20 @@ class EmbeddedQuestionWriter:
         self._load()
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            out.extend(self._generate(prompts[start:start + self.batch_size]))
+            out.extend(self._generate(prompts[start : start + self.batch_size]))
         return out
 
     def _ids(self, prompt: str) -> list[int]:
         tok = self.tokenizer
         if self.chat and getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          tokenize=True)
+            ids = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:
             ids = tok(prompt, add_special_tokens=True)["input_ids"]
-        return list(ids)[-self.max_prompt_tokens:]
+        return list(ids)[-self.max_prompt_tokens :]
 
     def _pad_id(self) -> int:
         for value in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
@@ -382,15 +404,22 @@ class EmbeddedQuestionWriter:
         self.model.eval()
         try:
             with torch.no_grad():
-                new = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                          do_sample=False, max_new_tokens=self.max_new_tokens, pad_token_id=pad,
-                                          temperature=None, top_p=None, top_k=None,
-                                          stopping_criteria=criteria)[:, width:]  # (B, N)
+                new = self.model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    do_sample=False,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=pad,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    stopping_criteria=criteria,
+                )[:, width:]  # (B, N)
         finally:
             for module, training in modes.items():
                 module.train(training)
         texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in new.tolist()]
-        return [_cut(text, rule) for text, rule in zip(texts, stops)]
+        return [_cut(text, rule) for text, rule in zip(texts, stops, strict=True)]
 
 
 def _question_done(text: str) -> int:
@@ -433,11 +462,14 @@ class _StopCriteria:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        done = [bool(rule) and STOPS[rule](self.tokenizer.decode(row[self.width:], skip_special_tokens=True)) > 0
-                for row, rule in zip(input_ids.tolist(), self.rules)]
+        done = [
+            rule is not None
+            and bool(rule)
+            and STOPS[rule](self.tokenizer.decode(row[self.width :], skip_special_tokens=True)) > 0
+            for row, rule in zip(input_ids.tolist(), self.rules, strict=True)
+        ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 WRITERS: dict[str, Callable[..., Any]] = {"embedded": EmbeddedQuestionWriter, "cloze": ClozeWriter}
 """Built-in question writers by name (`generate_qa(writer="cloze")`)."""
-

@@ -18,6 +18,7 @@ Example:
     >>> train, val = result.split(0.2, seed=0)  # doctest: +SKIP
     >>> train.save_jsonl("train.jsonl"); val.save_llamaindex("val.json")  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ import os
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from contextflow_core.data.readers import QAExample
 from contextflow_core.io_utils import atomic_write_text
@@ -36,8 +37,18 @@ __all__ = ["GENERATOR_TAG", "SKIP_REASONS", "QAGenerationResult", "QAReport"]
 GENERATOR_TAG = "contextflow.generate_qa"
 """``metadata["source"]`` of every generated example (and how saved files are recognised)."""
 
-SKIP_REASONS = ("no_answer_span", "writer_error", "not_text", "empty", "over_long", "unparseable",
-                "answer_not_in_passage", "question_contains_answer", "duplicate", "round_trip_miss")
+SKIP_REASONS = (
+    "no_answer_span",
+    "writer_error",
+    "not_text",
+    "empty",
+    "over_long",
+    "unparseable",
+    "answer_not_in_passage",
+    "question_contains_answer",
+    "duplicate",
+    "round_trip_miss",
+)
 """Report keys, in the order they are checked. ``no_answer_span`` counts passages (no prompt
 could be built); the others count prompts."""
 
@@ -76,7 +87,7 @@ class QAReport:
     skipped: dict[str, int] = field(default_factory=_skip_counts)
     seconds: float = 0.0
     writer_seconds: float = 0.0
-    first_error: Optional[str] = None
+    first_error: str | None = None
 
     @property
     def pairs_per_s(self) -> float:
@@ -85,15 +96,31 @@ class QAReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every count, plus ``pairs_per_s``."""
-        return {"passages": self.passages, "sampled": self.sampled, "prompts": self.prompts, "cached": self.cached,
-                "writer_calls": self.writer_calls, "replies": self.replies, "kept": self.kept,
-                "skipped": dict(self.skipped), "seconds": self.seconds, "writer_seconds": self.writer_seconds,
-                "pairs_per_s": self.pairs_per_s, "first_error": self.first_error}
+        return {
+            "passages": self.passages,
+            "sampled": self.sampled,
+            "prompts": self.prompts,
+            "cached": self.cached,
+            "writer_calls": self.writer_calls,
+            "replies": self.replies,
+            "kept": self.kept,
+            "skipped": dict(self.skipped),
+            "seconds": self.seconds,
+            "writer_seconds": self.writer_seconds,
+            "pairs_per_s": self.pairs_per_s,
+            "first_error": self.first_error,
+        }
 
     def format(self) -> str:
         """A small plain-text table of the report (what `contextflow qa generate` prints)."""
-        rows: list[tuple[str, object]] = [("passages", self.passages), ("sampled", self.sampled), ("prompts", self.prompts),
-                ("cached replies", self.cached), ("writer calls", self.writer_calls), ("replies", self.replies)]
+        rows: list[tuple[str, object]] = [
+            ("passages", self.passages),
+            ("sampled", self.sampled),
+            ("prompts", self.prompts),
+            ("cached replies", self.cached),
+            ("writer calls", self.writer_calls),
+            ("replies", self.replies),
+        ]
         rows += [(f"skipped: {reason.replace('_', ' ')}", n) for reason, n in self.skipped.items()]
         rows += [("kept", self.kept), ("seconds", f"{self.seconds:.2f}"), ("pairs/s", f"{self.pairs_per_s:.2f}")]
         width = max(len(name) for name, _ in rows)
@@ -144,17 +171,17 @@ class QAGenerationResult:
         path = _target(path, "save_llamaindex", _is_generated_llamaindex)
         ids = [e.metadata.get("qa_id", f"q{i}") for i, e in enumerate(self.examples)]
         data = {
-            "queries": {q: e.question for q, e in zip(ids, self.examples)},
+            "queries": {q: e.question for q, e in zip(ids, self.examples, strict=True)},
             "corpus": {p.id: p.text for p in self.passages},
-            "relevant_docs": {q: list(e.gold_ids) for q, e in zip(ids, self.examples)},
+            "relevant_docs": {q: list(e.gold_ids) for q, e in zip(ids, self.examples, strict=True)},
             "mode": "text",
-            "answers": {q: e.answer for q, e in zip(ids, self.examples)},
+            "answers": {q: e.answer for q, e in zip(ids, self.examples, strict=True)},
             "contextflow": {"kind": "generated_qa", "source": GENERATOR_TAG, "version": 1},
         }
         atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
         return path
 
-    def split(self, val_fraction: float, seed: int = 0) -> tuple["QAGenerationResult", "QAGenerationResult"]:
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[QAGenerationResult, QAGenerationResult]:
         """``(train, val)`` with every pair of a source passage on the same side.
 
         Args:
@@ -171,8 +198,10 @@ class QAGenerationResult:
             raise ValueError(f"seed: expected an integer, got {seed!r}")
         sources = list(dict.fromkeys(e.gold_ids[0] for e in self.examples if e.gold_ids))
         if len(sources) < 2:
-            raise ValueError(f"val_fraction: holding out by source passage needs pairs from at least 2 passages, "
-                             f"got {len(sources)}; generate from more passages, or skip the split")
+            raise ValueError(
+                f"val_fraction: holding out by source passage needs pairs from at least 2 passages, "
+                f"got {len(sources)}; generate from more passages, or skip the split"
+            )
         random.Random(seed).shuffle(sources)
         held = set(sources[: min(len(sources) - 1, max(1, round(val_fraction * len(sources))))])
         val = [e for e in self.examples if e.gold_ids and e.gold_ids[0] in held]
@@ -187,8 +216,10 @@ def _target(path: Any, method: str, ours: Any) -> Path:
     if path.is_dir():
         raise ValueError(f"{method}: expected a file path, got the folder {str(path)!r}")
     if path.exists() and path.stat().st_size > 0 and not ours(path):
-        raise FileExistsError(f"{method}: {str(path)!r} exists and was not written by generate_qa; it is left "
-                              "untouched: pass a new path, or remove the file yourself")
+        raise FileExistsError(
+            f"{method}: {str(path)!r} exists and was not written by generate_qa; it is left "
+            "untouched: pass a new path, or remove the file yourself"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -205,8 +236,11 @@ def _is_generated_jsonl(path: Path) -> bool:
         row = json.loads(first)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(row, dict) and isinstance(row.get("metadata"), dict) \
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("metadata"), dict)
         and row["metadata"].get("source") == GENERATOR_TAG
+    )
 
 
 def _is_generated_llamaindex(path: Path) -> bool:
@@ -214,5 +248,8 @@ def _is_generated_llamaindex(path: Path) -> bool:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return isinstance(data, dict) and isinstance(data.get("contextflow"), dict) \
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("contextflow"), dict)
         and data["contextflow"].get("kind") == "generated_qa"
+    )

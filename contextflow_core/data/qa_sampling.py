@@ -10,18 +10,21 @@ Example:
     >>> sorted(p.metadata["kind"] for p in sample_passages(ps, 4, "kind", seed=0))
     ['a', 'a', 'b', 'b']
 """
+
 from __future__ import annotations
 
 import json
 import random
-from typing import Any, Optional
+from typing import Any
 
 from contextflow_core.types import Passage
 
 __all__ = ["as_passages", "sample_passages"]
 
-_ACCEPTED = ("a list of str, a list of Passage, a DocumentIndex, or an object with an `index` holding one "
-             "(a RAGSequence, a Retriever)")
+_ACCEPTED = (
+    "a list of str, a list of Passage, a DocumentIndex, or an object with an `index` holding one "
+    "(a RAGSequence, a Retriever)"
+)
 
 
 def as_passages(source: Any) -> list[Passage]:
@@ -65,8 +68,7 @@ def _items(source: Any) -> list[Any]:
     raise TypeError(f"passages: expected {_ACCEPTED}, got {type(source).__name__}")
 
 
-def sample_passages(passages: list[Passage], sample: Optional[int], stratify_by: Optional[str],
-                    seed: int) -> list[Passage]:
+def sample_passages(passages: list[Passage], sample: int | None, stratify_by: str | None, seed: int) -> list[Passage]:
     """The passages to write questions for, in their original order.
 
     Args:
@@ -86,8 +88,10 @@ def sample_passages(passages: list[Passage], sample: Optional[int], stratify_by:
         if not isinstance(stratify_by, str) or not stratify_by:
             raise ValueError(f"stratify_by: expected a metadata key (a non-empty str), got {stratify_by!r}")
         if sample is None:
-            raise ValueError(f"stratify_by: draws `sample` passages evenly across the values of {stratify_by!r}, "
-                             "got sample=None (every passage); pass sample=n, or drop stratify_by")
+            raise ValueError(
+                f"stratify_by: draws `sample` passages evenly across the values of {stratify_by!r}, "
+                "got sample=None (every passage); pass sample=n, or drop stratify_by"
+            )
     if sample is None or sample >= len(passages):
         return list(passages)
     rng = random.Random(seed)

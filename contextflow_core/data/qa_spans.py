@@ -13,16 +13,199 @@ Spans come in three tiers, best first; within a tier the order is drawn from ``r
 
 The passage's own title (its entity) is never an answer: questions are about it.
 """
+
 from __future__ import annotations
 
 import random
 import re
 
-_STOP = frozenset(["a", "an", "the", "and", "or", "but", "if", "then", "than", "that", "this", "these", "those", "there", "here", "it", "its", "it's", "their", "his", "her", "hers", "they", "them", "he", "she", "we", "you", "i", "me", "my", "our", "your", "of", "in", "on", "at", "by", "for", "from", "to", "with", "without", "into", "onto", "over", "under", "about", "above", "below", "across", "along", "around", "after", "before", "during", "since", "until", "upon", "near", "far", "as", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "has", "have", "had", "will", "would", "can", "could", "shall", "should", "may", "might", "must", "not", "no", "nor", "so", "such", "very", "also", "just", "only", "even", "still", "yet", "all", "any", "each", "every", "most", "more", "much", "many", "some", "few", "other", "others", "own", "same", "one", "first", "last", "who", "whom", "whose", "which", "what", "when", "where", "why", "how", "while", "often", "once", "always", "never", "said", "says", "say", "known", "called", "named", "became", "become", "becomes"])
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "then",
+        "than",
+        "that",
+        "this",
+        "these",
+        "those",
+        "there",
+        "here",
+        "it",
+        "its",
+        "it's",
+        "their",
+        "his",
+        "her",
+        "hers",
+        "they",
+        "them",
+        "he",
+        "she",
+        "we",
+        "you",
+        "i",
+        "me",
+        "my",
+        "our",
+        "your",
+        "of",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "from",
+        "to",
+        "with",
+        "without",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "about",
+        "above",
+        "below",
+        "across",
+        "along",
+        "around",
+        "after",
+        "before",
+        "during",
+        "since",
+        "until",
+        "upon",
+        "near",
+        "far",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "do",
+        "does",
+        "did",
+        "has",
+        "have",
+        "had",
+        "will",
+        "would",
+        "can",
+        "could",
+        "shall",
+        "should",
+        "may",
+        "might",
+        "must",
+        "not",
+        "no",
+        "nor",
+        "so",
+        "such",
+        "very",
+        "also",
+        "just",
+        "only",
+        "even",
+        "still",
+        "yet",
+        "all",
+        "any",
+        "each",
+        "every",
+        "most",
+        "more",
+        "much",
+        "many",
+        "some",
+        "few",
+        "other",
+        "others",
+        "own",
+        "same",
+        "one",
+        "first",
+        "last",
+        "who",
+        "whom",
+        "whose",
+        "which",
+        "what",
+        "when",
+        "where",
+        "why",
+        "how",
+        "while",
+        "often",
+        "once",
+        "always",
+        "never",
+        "said",
+        "says",
+        "say",
+        "known",
+        "called",
+        "named",
+        "became",
+        "become",
+        "becomes",
+    ]
+)
 _VERBISH = re.compile(r"^(?:\w+(?:ed|ly|es)|\w{4,}ing|was|is|grew|ran|rose|ends|runs|makes|sell|sells|loved|worked)$")
 _DET = frozenset(["a", "an", "the", "is", "was", "as", "are", "were"])
-_PREPS = frozenset(["of", "in", "on", "at", "by", "for", "from", "to", "with", "into", "onto", "over", "under", "about", "across", "along", "around", "near"])
-_LEAD = frozenset(["a", "an", "the", "at", "in", "on", "by", "from", "of", "to", "for", "born", "since", "after", "before", "during", "with", "near"])
+_PREPS = frozenset(
+    [
+        "of",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "from",
+        "to",
+        "with",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "about",
+        "across",
+        "along",
+        "around",
+        "near",
+    ]
+)
+_LEAD = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "at",
+        "in",
+        "on",
+        "by",
+        "from",
+        "of",
+        "to",
+        "for",
+        "born",
+        "since",
+        "after",
+        "before",
+        "during",
+        "with",
+        "near",
+    ]
+)
 _UNITS = re.compile(r"^(?:[a-z]+s|km|m|kg|g|cm|mm|ft|mi|%|percent|per\s?cent)$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*|\d[\d,.]*\d|\d")
@@ -80,8 +263,13 @@ def _phrases(words: list[re.Match]) -> list[tuple[float, int, int]]:
             i += 1
             continue
         j = i
-        while (j + 1 < len(words) and j - i + 1 < _MAX_WORDS and words[j + 1].group()[0].islower()
-               and words[j + 1].group() not in _STOP and words[j + 1].start() - words[j].end() <= 1):
+        while (
+            j + 1 < len(words)
+            and j - i + 1 < _MAX_WORDS
+            and words[j + 1].group()[0].islower()
+            and words[j + 1].group() not in _STOP
+            and words[j + 1].start() - words[j].end() <= 1
+        ):
             j += 1
         before = words[i - 1].group().lower() if i else ""
         if before in {"a", "an"} and j > i and words[j].group().endswith("s"):
@@ -97,7 +285,7 @@ def _phrases(words: list[re.Match]) -> list[tuple[float, int, int]]:
 def _tiers(text: str, title: str | None) -> list[list[str]]:
     tiers: list[list[str]] = [[], [], []]
     scored: list[tuple[float, str]] = []
-    for offset, sentence in _sentences(text):
+    for _offset, sentence in _sentences(text):
         words = list(_WORD.finditer(sentence))
         tiers[0] += [sentence[a:b] for a, b in _numbers(words)]
         tiers[1] += [sentence[a:b] for a, b in _names(words)]

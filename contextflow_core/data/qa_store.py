@@ -19,6 +19,7 @@ Example:
     >>> len(pool), seen
     (5, 50)
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,15 @@ from contextflow_core.data.qa_sampling import sample_passages
 from contextflow_core.data.qa_training import GeneratedQA, generate_training_qa
 from contextflow_core.types import Passage
 
-__all__ = ["DEFAULT_STORE_SAMPLE", "MAX_STRATA", "check_store_qa_options", "generate_store_training_qa",
-           "require_iter_rows", "reservoir_sample", "store_passages"]
+__all__ = [
+    "DEFAULT_STORE_SAMPLE",
+    "MAX_STRATA",
+    "check_store_qa_options",
+    "generate_store_training_qa",
+    "require_iter_rows",
+    "reservoir_sample",
+    "store_passages",
+]
 
 DEFAULT_STORE_SAMPLE = 1000
 """Rows questions are written for when ``qa_options`` has no ``"sample"`` (a smaller store: all its rows)."""
@@ -95,8 +103,12 @@ class _Rows:
     def __getitem__(self, i: int) -> Passage:
         meta = dict(self.rows.metadata[i] or {})
         title = meta.pop(self.title_key, None)
-        return Passage(id=str(self.rows.ids[i]), text=self.rows.texts[i],
-                       title=title if isinstance(title, str) else None, metadata=meta)
+        return Passage(
+            id=str(self.rows.ids[i]),
+            text=self.rows.texts[i],
+            title=title if isinstance(title, str) else None,
+            metadata=meta,
+        )
 
 
 def _stratified(batches: Iterable[_Rows], n: int, key: str, seed: int) -> tuple[list[Passage], int]:
@@ -109,9 +121,11 @@ def _stratified(batches: Iterable[_Rows], n: int, key: str, seed: int) -> tuple[
             passage = batch[i]
             group = groups.setdefault(repr(passage.metadata.get(key, _MISSING)), [0, []])
             if len(groups) > MAX_STRATA:
-                raise ValueError(f"stratify_by: {key!r} has more than {MAX_STRATA} distinct values in the store, "
-                                 "too many to sample evenly in bounded memory; stratify by a coarser key, or drop "
-                                 "stratify_by")
+                raise ValueError(
+                    f"stratify_by: {key!r} has more than {MAX_STRATA} distinct values in the store, "
+                    "too many to sample evenly in bounded memory; stratify by a coarser key, or drop "
+                    "stratify_by"
+                )
             group[0] += 1
             if len(group[1]) < n:
                 group[1].append((seen, passage))
@@ -129,22 +143,32 @@ def require_iter_rows(backend: Any, arg: str = "store") -> None:
     """Raise ValueError naming `arg` and the backend when it cannot list its rows (no ``iter_rows``)."""
     if not callable(getattr(backend, "iter_rows", None)):
         name = getattr(backend, "name", type(backend).__name__)
-        raise ValueError(f"{arg}: writing QA pairs from the store's rows needs a backend with iter_rows(), got "
-                         f"{name!r} ({type(backend).__name__}) without it; pass qa_pairs=, or use "
-                         "mode='copy' (the documents are exported and indexed)")
+        raise ValueError(
+            f"{arg}: writing QA pairs from the store's rows needs a backend with iter_rows(), got "
+            f"{name!r} ({type(backend).__name__}) without it; pass qa_pairs=, or use "
+            "mode='copy' (the documents are exported and indexed)"
+        )
 
 
-def _row_batches(backend: Any, read_rows: Callable[[int], Iterator[Any]] | None, title_key: str,
-                 arg: str) -> Iterator[_Rows]:
+def _row_batches(
+    backend: Any, read_rows: Callable[[int], Iterator[Any]] | None, title_key: str, arg: str
+) -> Iterator[_Rows]:
     if read_rows is None:
         require_iter_rows(backend, arg)
         read_rows = backend.iter_rows
     return (_Rows(rows, title_key) for rows in read_rows(_READ_BATCH))
 
 
-def store_passages(backend: Any, sample: int | None, *, stratify_by: str | None = None, seed: int = 0,
-                   title_key: str = "title", read_rows: Callable[[int], Iterator[Any]] | None = None,
-                   arg: str = "store") -> tuple[list[Passage], int]:
+def store_passages(
+    backend: Any,
+    sample: int | None,
+    *,
+    stratify_by: str | None = None,
+    seed: int = 0,
+    title_key: str = "title",
+    read_rows: Callable[[int], Iterator[Any]] | None = None,
+    arg: str = "store",
+) -> tuple[list[Passage], int]:
     """The rows of `backend` to write questions from, as `Passage`s, and how many rows were read.
 
     Args:
@@ -170,8 +194,10 @@ def store_passages(backend: Any, sample: int | None, *, stratify_by: str | None 
     else:
         pool, seen = reservoir_sample(batches, sample, seed)
     if not pool:
-        raise ValueError(f"{arg}: the store {getattr(backend, 'name', type(backend).__name__)!r} has no rows to "
-                         "write questions from; add documents first, or pass qa_pairs=")
+        raise ValueError(
+            f"{arg}: the store {getattr(backend, 'name', type(backend).__name__)!r} has no rows to "
+            "write questions from; add documents first, or pass qa_pairs="
+        )
     return pool, seen
 
 
@@ -191,10 +217,18 @@ def _sample_option(options: dict) -> tuple[int | None, bool]:
     return sample, capped
 
 
-def generate_store_training_qa(backend: Any, writer: Any, *, qa_options: dict | None,
-                               val_fraction: float | None, has_val_pairs: bool, seed: int,
-                               title_key: str = "title", read_rows: Callable[[int], Iterator[Any]] | None = None,
-                               arg: str = "store") -> GeneratedQA:
+def generate_store_training_qa(
+    backend: Any,
+    writer: Any,
+    *,
+    qa_options: dict | None,
+    val_fraction: float | None,
+    has_val_pairs: bool,
+    seed: int,
+    title_key: str = "title",
+    read_rows: Callable[[int], Iterator[Any]] | None = None,
+    arg: str = "store",
+) -> GeneratedQA:
     """`generate_training_qa` over a bounded sample of a store's rows (see the module docstring).
 
     Args:
@@ -214,14 +248,26 @@ def generate_store_training_qa(backend: Any, writer: Any, *, qa_options: dict | 
     options = dict(qa_options or {})
     sample, capped = _sample_option(options)
     row_seed = options.get("seed", seed)
-    pool, seen = store_passages(backend, sample, stratify_by=options.get("stratify_by"), seed=row_seed,
-                                title_key=title_key, read_rows=read_rows, arg=arg)
+    pool, seen = store_passages(
+        backend,
+        sample,
+        stratify_by=options.get("stratify_by"),
+        seed=row_seed,
+        title_key=title_key,
+        read_rows=read_rows,
+        arg=arg,
+    )
     if capped and sample is not None and seen > sample:
-        warnings.warn(f"qa_options: no 'sample' given, so questions are written for {sample} of the store's {seen} "
-                      f"rows (a seeded random sample); pass qa_options={{'sample': n}} to choose how many, or "
-                      "{'sample': None} for every row", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"qa_options: no 'sample' given, so questions are written for {sample} of the store's {seen} "
+            f"rows (a seeded random sample); pass qa_options={{'sample': n}} to choose how many, or "
+            "{'sample': None} for every row",
+            UserWarning,
+            stacklevel=3,
+        )
     options["sample"] = sample
-    qa = generate_training_qa(pool, writer, qa_options=options, val_fraction=val_fraction,
-                              has_val_pairs=has_val_pairs, seed=seed)
+    qa = generate_training_qa(
+        pool, writer, qa_options=options, val_fraction=val_fraction, has_val_pairs=has_val_pairs, seed=seed
+    )
     qa.all.report.passages = seen
     return qa

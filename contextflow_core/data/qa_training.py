@@ -11,12 +11,13 @@ Example:
     >>> len(qa.train.examples), len(qa.val.examples)  # doctest: +SKIP
     (27, 3)
 """
+
 from __future__ import annotations
 
 import inspect
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from contextflow_core.data.qa_generation import generate_qa
 from contextflow_core.data.qa_result import QAGenerationResult
@@ -41,11 +42,12 @@ class GeneratedQA:
 
     all: QAGenerationResult
     train: QAGenerationResult
-    val: Optional[QAGenerationResult]
+    val: QAGenerationResult | None
 
 
-def check_generation_arguments(qa_pairs: Any, question_llm: Any, qa_options: Any, val_fraction: Any,
-                               has_val_pairs: bool) -> None:
+def check_generation_arguments(
+    qa_pairs: Any, question_llm: Any, qa_options: Any, val_fraction: Any, has_val_pairs: bool
+) -> None:
     """Check the generation options before any slow work; refuse them next to given QA pairs.
 
     Raises:
@@ -58,16 +60,19 @@ def check_generation_arguments(qa_pairs: Any, question_llm: Any, qa_options: Any
         return
     for name, value in (("question_llm", question_llm), ("qa_options", qa_options), ("val_fraction", val_fraction)):
         if value is not None:
-            raise ValueError(f"{name}: applies when the QA pairs are generated (qa_pairs=None), got it together "
-                             f"with qa_pairs; drop {name}, or drop qa_pairs to generate pairs from the documents")
+            raise ValueError(
+                f"{name}: applies when the QA pairs are generated (qa_pairs=None), got it together "
+                f"with qa_pairs; drop {name}, or drop qa_pairs to generate pairs from the documents"
+            )
 
 
 def _options(qa_options: Any, seed: int) -> dict[str, Any]:
     if qa_options is None:
         return {"seed": seed}
     if not isinstance(qa_options, dict):
-        raise ValueError(f"qa_options: expected a dict of generate_qa keyword arguments, got "
-                         f"{type(qa_options).__name__}")
+        raise ValueError(
+            f"qa_options: expected a dict of generate_qa keyword arguments, got {type(qa_options).__name__}"
+        )
     accepted = [name for name in inspect.signature(generate_qa).parameters if name not in _NOT_OPTIONS]
     unknown = sorted(set(qa_options) - set(accepted))
     if unknown:
@@ -79,8 +84,10 @@ def _options(qa_options: Any, seed: int) -> dict[str, Any]:
 def _fraction(val_fraction: Any, has_val_pairs: bool) -> float:
     if has_val_pairs:
         if val_fraction is not None:
-            raise ValueError(f"val_fraction: holds out generated pairs for validation, got {val_fraction!r} together "
-                             "with val_pairs; drop one of them")
+            raise ValueError(
+                f"val_fraction: holds out generated pairs for validation, got {val_fraction!r} together "
+                "with val_pairs; drop one of them"
+            )
         return 0.0
     if val_fraction is None:
         return DEFAULT_VAL_FRACTION
@@ -89,8 +96,9 @@ def _fraction(val_fraction: Any, has_val_pairs: bool) -> float:
     return float(val_fraction)
 
 
-def generate_training_qa(passages: Any, writer: Any, *, qa_options: Optional[dict], val_fraction: Optional[float],
-                         has_val_pairs: bool, seed: int) -> GeneratedQA:
+def generate_training_qa(
+    passages: Any, writer: Any, *, qa_options: dict | None, val_fraction: float | None, has_val_pairs: bool, seed: int
+) -> GeneratedQA:
     """Generate QA pairs from `passages` and hold out a validation split by source passage.
 
     Args:
@@ -114,18 +122,26 @@ def generate_training_qa(passages: Any, writer: Any, *, qa_options: Optional[dic
     options = _options(qa_options, seed)
     result = generate_qa(passages, writer, **options)
     if not result.examples:
-        raise ValueError("question_llm: no generated question/answer pair passed the filters, so there is "
-                         f"nothing to train on; the generation report:\n{result.report.format()}\n"
-                         "Try another question_llm, or relax qa_options={'filters': QAFilters(...)}")
+        raise ValueError(
+            "question_llm: no generated question/answer pair passed the filters, so there is "
+            f"nothing to train on; the generation report:\n{result.report.format()}\n"
+            "Try another question_llm, or relax qa_options={'filters': QAFilters(...)}"
+        )
     if fraction == 0:
         return GeneratedQA(all=result, train=result, val=None)
     if len({e.gold_ids[0] for e in result.examples}) < 2:
         if val_fraction is None:  # the default hold-out needs two source passages: train on all, say so
-            warnings.warn("val_fraction: the generated pairs come from one passage, so none are held out for "
-                          "validation; training on all of them (pass val_fraction=0 to silence this, or more "
-                          "documents)", UserWarning, stacklevel=3)
+            warnings.warn(
+                "val_fraction: the generated pairs come from one passage, so none are held out for "
+                "validation; training on all of them (pass val_fraction=0 to silence this, or more "
+                "documents)",
+                UserWarning,
+                stacklevel=3,
+            )
             return GeneratedQA(all=result, train=result, val=None)
-        raise ValueError(f"val_fraction: holding out {fraction} of the generated pairs by source passage needs "
-                         "pairs from at least 2 passages, got 1; pass val_fraction=0 (no validation) or more documents")
+        raise ValueError(
+            f"val_fraction: holding out {fraction} of the generated pairs by source passage needs "
+            "pairs from at least 2 passages, got 1; pass val_fraction=0 (no validation) or more documents"
+        )
     train, val = result.split(fraction, seed=options["seed"])
     return GeneratedQA(all=result, train=train, val=val)

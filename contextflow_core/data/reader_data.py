@@ -22,6 +22,7 @@ Example:
     >>> ex.answer in ex.passages[ex.gold_index].text
     True
 """
+
 from __future__ import annotations
 
 import random
@@ -33,9 +34,13 @@ from contextflow_core.types import Passage
 
 __all__ = ["ReaderExample", "make_reader_examples", "DISTRACTOR_KINDS"]
 
-_FILLERS = ("Little else is recorded about {name}.", "Much has been written about {name} since then.",
-            "Local historians still argue about the details.", "Records from that period are incomplete.",
-            "{name} appears in several old travel guides.")
+_FILLERS = (
+    "Little else is recorded about {name}.",
+    "Much has been written about {name} since then.",
+    "Local historians still argue about the details.",
+    "Records from that period are incomplete.",
+    "{name} appears in several old travel guides.",
+)
 
 
 @dataclass
@@ -125,7 +130,9 @@ def _same_kind(rng, names, kind, entity, asked, style):
 
 def _same_entity(rng, names, kind, entity, asked, style):
     extra = [r for r in RELATIONS[kind] if r is not asked]
-    return entity, _entity_passage(rng, names, kind, entity, rng.sample(extra, rng.randint(1, min(2, len(extra)))), style)[0]
+    return entity, _entity_passage(
+        rng, names, kind, entity, rng.sample(extra, rng.randint(1, min(2, len(extra)))), style
+    )[0]
 
 
 def _other_kind(rng, names, kind, entity, asked, style):
@@ -165,8 +172,10 @@ def _example(rng: random.Random, names: Pools, prefix: str, max_distractors: int
         drafts.append(_distractor(rng, names, t, kind, entity, asked))
     order = list(range(len(drafts)))
     rng.shuffle(order)
-    passages = [Passage(id=f"{prefix}-{j}", text=drafts[i][1], title=drafts[i][0] if titled else None)
-                for j, i in enumerate(order)]
+    passages = [
+        Passage(id=f"{prefix}-{j}", text=drafts[i][1], title=drafts[i][0] if titled else None)
+        for j, i in enumerate(order)
+    ]
     question = _sentence(rng.choice(asked.questions).format(name=entity))
     meta = {"kind": kind, "relation": asked.name, "entity": entity, "style": style, "distractors": types}
     return ReaderExample(question, passages, order.index(0), answer, meta)

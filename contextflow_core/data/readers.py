@@ -16,14 +16,16 @@ Accepted QA row keys:
     gold_id: optional single gold passage id (used when ``gold_ids`` is absent).
     metadata: optional dict carried through unchanged.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Union
 
 from contextflow_core.types import Passage
 
@@ -103,7 +105,7 @@ def load_qa(source: QASource) -> list[QAExample]:
     raise TypeError(f"load_qa() got {type(source).__name__}; expected {_ACCEPTED_SOURCES}")
 
 
-def load_passages(path: Union[str, "os.PathLike[str]"]) -> list[Passage]:
+def load_passages(path: str | os.PathLike[str]) -> list[Passage]:
     """Loads passages from a JSONL file with keys ``id``, ``text``, ``title``, ``metadata``.
 
     ``id`` and ``text`` are required; ``title`` and ``metadata`` are optional.
@@ -158,9 +160,7 @@ def _load_qa_file(path: Path) -> list[QAExample]:
     _check_file(path)
     suffix = path.suffix.lower()
     if suffix not in _QA_SUFFIXES:
-        raise ValueError(
-            f"unsupported file extension {suffix!r} for {str(path)!r}; expected one of {_QA_SUFFIXES}"
-        )
+        raise ValueError(f"unsupported file extension {suffix!r} for {str(path)!r}; expected one of {_QA_SUFFIXES}")
     if suffix in (".csv", ".tsv"):
         rows = _iter_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
     elif suffix == ".json" and _starts_with_bracket(path):
@@ -189,9 +189,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"invalid JSON in {path}, line {line_no}: {e.msg}") from e
             if not isinstance(row, dict):
-                raise ValueError(
-                    f"expected a JSON object in {path}, line {line_no}; got {type(row).__name__}"
-                )
+                raise ValueError(f"expected a JSON object in {path}, line {line_no}; got {type(row).__name__}")
             yield line_no, row
 
 
@@ -308,7 +306,7 @@ def _parse_answers(raw: Any, index: int, where: str) -> list[str]:
 
 
 def _parse_gold_ids(row: dict[str, Any], index: int, where: str) -> list[str]:
-    raw: Optional[Any] = row.get("gold_ids")
+    raw: Any | None = row.get("gold_ids")
     if raw is None or raw == "":
         raw = row.get("gold_id")
     if raw is None or raw == "":

@@ -25,14 +25,16 @@ Example:
     >>> ex.answer in gold.text
     True
 """
+
 from __future__ import annotations
 
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 from contextflow_core.data.readers import QAExample
 from contextflow_core.data.synthetic_world import ATTRIBUTES, KINDS, _Attribute, _Ref, _World
@@ -64,7 +66,7 @@ class SyntheticDataset:
         """All questions, train then val then test."""
         return self.train + self.val + self.test
 
-    def to_jsonl(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
+    def to_jsonl(self, directory: str | os.PathLike[str]) -> Path:
         """Writes ``passages.jsonl`` and ``{train,val,test}.jsonl`` into ``directory``.
 
         The files are read back by `load_passages` and `load_qa`.
@@ -176,8 +178,13 @@ def _draw_facts(world: _World, kind: str, name: str) -> list[_Fact]:
 
 
 def _metadata(fact: _Fact, entity: str, value: str, distractor_type: str = "") -> dict[str, Any]:
-    meta: dict[str, Any] = {"entity": entity, "kind": fact.kind, "attribute": fact.attribute.name,
-                            "value": value, "distractor": bool(distractor_type)}
+    meta: dict[str, Any] = {
+        "entity": entity,
+        "kind": fact.kind,
+        "attribute": fact.attribute.name,
+        "value": value,
+        "distractor": bool(distractor_type),
+    }
     if distractor_type:
         meta["distractor_type"] = distractor_type
     return meta
@@ -245,4 +252,4 @@ def _split(
     n = len(examples)
     n_train = round(n * splits[0])
     n_val = min(round(n * splits[1]), n - n_train)
-    return examples[:n_train], examples[n_train:n_train + n_val], examples[n_train + n_val:]
+    return examples[:n_train], examples[n_train : n_train + n_val], examples[n_train + n_val :]

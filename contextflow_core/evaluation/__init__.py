@@ -1,4 +1,5 @@
 """Evaluation: answer and retrieval metrics (pure functions, fractions in [0, 1])."""
+
 from contextflow_core.evaluation.metrics import (
     exact_match,
     f1_score,

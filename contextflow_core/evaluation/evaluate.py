@@ -15,11 +15,13 @@ Example:
     >>> evaluate(rag, [("Who founded Tarsk?", "Ilo", ["p3"])], num_docs=3)  # doctest: +SKIP
     {'loss': 2.3, 'exact_match': 0.0, 'f1': 0.0, 'recall@1': 1.0, 'recall@k': 1.0, 'mrr': 1.0, ...}
 """
+
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -46,12 +48,13 @@ def _batches(data: Any, batch_size: int) -> Iterable:
         return make_dataloader(data, batch_size=batch_size, shuffle=False)
     if isinstance(data, (DataLoader, list, tuple)) or hasattr(data, "__iter__"):
         return data
-    raise TypeError(f"data: expected QA examples (path, list, dataset) or a dataloader of batches, "
-                    f"got {type(data).__name__}")
+    raise TypeError(
+        f"data: expected QA examples (path, list, dataset) or a dataloader of batches, got {type(data).__name__}"
+    )
 
 
 def _retrieval_sums(ids: list[list[str]], gold: list[list[str]], k: int, totals: dict[str, float]) -> None:
-    for row, g in zip(ids, gold):
+    for row, g in zip(ids, gold, strict=True):
         if not g:
             continue
         totals["r1_sum"] += recall_at_k([row], [g], 1)
@@ -61,7 +64,7 @@ def _retrieval_sums(ids: list[list[str]], gold: list[list[str]], k: int, totals:
 
 
 @torch.no_grad()
-def _accumulate(model, batch: dict, k: int, gen: Optional[dict], totals: dict[str, float]) -> None:
+def _accumulate(model, batch: dict, k: int, gen: dict | None, totals: dict[str, float]) -> None:
     questions, answers = batch["questions"], batch["answers"]
     out = model(questions=questions, answers=answers, num_docs=k)
     totals["loss_sum"] += float(out.loss) * len(questions)
@@ -70,7 +73,7 @@ def _accumulate(model, batch: dict, k: int, gen: Optional[dict], totals: dict[st
     if gen is None:
         return
     predictions = model.generate(questions=questions, num_docs=k, **gen)
-    for pred, aliases in zip(predictions, batch["aliases"]):
+    for pred, aliases in zip(predictions, batch["aliases"], strict=True):
         totals["em_sum"] += exact_match(pred.text, aliases)
         totals["f1_sum"] += f1_score(pred.text, aliases)
         totals["num_generated"] += 1
@@ -81,7 +84,7 @@ def _reduce(totals: dict[str, float], accelerator) -> dict[str, float]:
         return totals
     values = torch.tensor([totals[k] for k in _TOTALS], dtype=torch.float64, device=accelerator.device)
     values = accelerator.reduce(values, reduction="sum")
-    return dict(zip(_TOTALS, values.tolist()))
+    return dict(zip(_TOTALS, values.tolist(), strict=True))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -93,7 +96,7 @@ def evaluate(
     data: Any,
     *,
     batch_size: int = 8,
-    num_docs: Optional[int] = None,
+    num_docs: int | None = None,
     generate: bool = True,
     max_new_tokens: int = 32,
     decoding: str = "thorough",

@@ -8,15 +8,16 @@ F1 1.0 (the SQuAD v2.0 convention) instead of 0.0.
 
 Shapes: B questions, K retrieved ids per question.
 """
+
 from __future__ import annotations
 
 import math
 import re
 import string
 from collections import Counter
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
-GroundTruths = Union[str, Sequence[str]]
+GroundTruths = str | Sequence[str]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -122,8 +123,8 @@ def qa_metrics(predictions: Sequence[str], references: Sequence[GroundTruths]) -
     if not predictions:
         return {"exact_match": math.nan, "f1": math.nan}
     n = len(predictions)
-    em = sum(exact_match(p, r) for p, r in zip(predictions, references)) / n
-    f1 = sum(f1_score(p, r) for p, r in zip(predictions, references)) / n
+    em = sum(exact_match(p, r) for p, r in zip(predictions, references, strict=True)) / n
+    f1 = sum(f1_score(p, r) for p, r in zip(predictions, references, strict=True)) / n
     return {"exact_match": em, "f1": f1}
 
 
@@ -132,12 +133,12 @@ def _check_same_length(a: Sequence, b: Sequence, name_a: str, name_b: str) -> No
         raise ValueError(f"{name_a} and {name_b} differ in length: {len(a)} vs {len(b)}")
 
 
-def _check_k(k: Optional[int]) -> None:
+def _check_k(k: int | None) -> None:
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise ValueError(f"k must be a positive int; got {k!r}")
 
 
-def _first_gold_rank(retrieved: Sequence[str], gold: set[str], k: Optional[int]) -> Optional[int]:
+def _first_gold_rank(retrieved: Sequence[str], gold: set[str], k: int | None) -> int | None:
     """1-based rank of the first gold id within the top k, or None."""
     for rank, pid in enumerate(retrieved[:k], start=1):
         if pid in gold:
@@ -164,13 +165,11 @@ def recall_at_k(retrieved_ids: Sequence[Sequence[str]], gold_ids: Sequence[Seque
     """
     _check_same_length(retrieved_ids, gold_ids, "retrieved_ids", "gold_ids")
     _check_k(k)
-    hits = [_first_gold_rank(r, set(g), k) is not None for r, g in zip(retrieved_ids, gold_ids) if g]
+    hits = [_first_gold_rank(r, set(g), k) is not None for r, g in zip(retrieved_ids, gold_ids, strict=True) if g]
     return sum(hits) / len(hits) if hits else math.nan
 
 
-def mrr(
-    retrieved_ids: Sequence[Sequence[str]], gold_ids: Sequence[Sequence[str]], k: Optional[int] = None
-) -> float:
+def mrr(retrieved_ids: Sequence[Sequence[str]], gold_ids: Sequence[Sequence[str]], k: int | None = None) -> float:
     """Mean reciprocal rank of the first gold id (0 when it is not in the top k).
 
     Questions with no gold ids are skipped.
@@ -189,7 +188,7 @@ def mrr(
     """
     _check_same_length(retrieved_ids, gold_ids, "retrieved_ids", "gold_ids")
     _check_k(k)
-    ranks = [_first_gold_rank(r, set(g), k) for r, g in zip(retrieved_ids, gold_ids) if g]
+    ranks = [_first_gold_rank(r, set(g), k) for r, g in zip(retrieved_ids, gold_ids, strict=True) if g]
     if not ranks:
         return math.nan
     return sum(1.0 / r for r in ranks if r is not None) / len(ranks)

@@ -24,13 +24,14 @@ Example:
     >>> ref["base_sha256"][:12]  # doctest: +SKIP
     '3f9a0c...'
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 
@@ -40,8 +41,16 @@ EMBEDDED, SAVED = "embedded", "saved"
 _WRAPPERS = re.compile(r"\.(?:base_layer|original_module)(?=\.)")
 _PEFT_ONLY = re.compile(r"(?:^|\.)(?:lora_[A-Za-z_]+|modules_to_save)(?:\.|$)")
 
-__all__ = ["EMBEDDED", "SAVED", "base_reference", "base_state_dict", "check_base", "embedded_reader", "find_base",
-           "weights_sha256"]
+__all__ = [
+    "EMBEDDED",
+    "SAVED",
+    "base_reference",
+    "base_state_dict",
+    "check_base",
+    "embedded_reader",
+    "find_base",
+    "weights_sha256",
+]
 
 
 def _canonical(named) -> dict[str, torch.Tensor]:
@@ -51,8 +60,9 @@ def _canonical(named) -> dict[str, torch.Tensor]:
 
 def weights_sha256(model: torch.nn.Module) -> str:
     """Content hash of a (possibly LoRA-wrapped) model's base parameters; see the module docstring."""
-    if hasattr(model, "get_base_model"):  # a PeftModel: hash what it wraps, under the plain model's names
-        model = model.get_base_model()
+    get_base_model = getattr(model, "get_base_model", None)
+    if get_base_model is not None:  # a PeftModel: hash what it wraps, under the plain model's names
+        model = get_base_model()
     digest = hashlib.sha256()
     params = _canonical(model.named_parameters())
     for name in sorted(params):
@@ -68,14 +78,19 @@ def base_state_dict(base: torch.nn.Module) -> dict[str, torch.Tensor]:
     return _canonical(base.state_dict().items())
 
 
-def _float_dtype(model: torch.nn.Module) -> Optional[str]:
+def _float_dtype(model: torch.nn.Module) -> str | None:
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     return str(dtype).replace("torch.", "") if dtype is not None else None
 
 
-def _quantization(base) -> Optional[str]:
-    return "4bit" if getattr(base, "is_loaded_in_4bit", False) else \
-        "8bit" if getattr(base, "is_loaded_in_8bit", False) else None
+def _quantization(base) -> str | None:
+    return (
+        "4bit"
+        if getattr(base, "is_loaded_in_4bit", False)
+        else "8bit"
+        if getattr(base, "is_loaded_in_8bit", False)
+        else None
+    )
 
 
 def _is_embedded(path: str) -> bool:
@@ -84,7 +99,7 @@ def _is_embedded(path: str) -> bool:
     return bool(path) and os.path.realpath(path) == os.path.realpath(generator_cache_dir())
 
 
-def _local_folder(path: str) -> Optional[Path]:
+def _local_folder(path: str) -> Path | None:
     """The local folder `path` names now: a folder, or a hub id's cached snapshot; else None."""
     if path and os.path.isdir(path):
         return Path(os.path.realpath(path))
@@ -93,14 +108,13 @@ def _local_folder(path: str) -> Optional[Path]:
     try:
         from transformers.utils import cached_file
 
-        config = cached_file(path, "config.json", local_files_only=True,
-                             _raise_exceptions_for_missing_entries=False)
+        config = cached_file(path, "config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False)
     except (OSError, ValueError):
         return None
     return Path(os.path.realpath(config)).parent if config else None
 
 
-def base_reference(model, directory: Union[str, Path], *, save_base: bool, what: str = "generator") -> dict[str, Any]:
+def base_reference(model, directory: str | Path, *, save_base: bool, what: str = "generator") -> dict[str, Any]:
     """JSON-ready reference to the base of peft model `model`, to be saved in `directory`.
 
     Raises:
@@ -109,12 +123,19 @@ def base_reference(model, directory: Union[str, Path], *, save_base: bool, what:
     """
     base = model.get_base_model()
     path = str(getattr(base.config, "_name_or_path", "") or getattr(base, "name_or_path", "") or "")
-    ref = {"kind": "lora", "base_sha256": weights_sha256(base), "base_dtype": _float_dtype(base),
-           "quantization": _quantization(base), "reader": reader_of(base)}
+    ref = {
+        "kind": "lora",
+        "base_sha256": weights_sha256(base),
+        "base_dtype": _float_dtype(base),
+        "quantization": _quantization(base),
+        "reader": reader_of(base),
+    }
     if save_base:
         if ref["quantization"]:
-            raise ValueError(f"save_base: the {what} base is {ref['quantization']}-quantized and cannot be stored "
-                             "as plain weights; save without save_base (its base folder is referenced) or merge")
+            raise ValueError(
+                f"save_base: the {what} base is {ref['quantization']}-quantized and cannot be stored "
+                "as plain weights; save without save_base (its base folder is referenced) or merge"
+            )
         return {**ref, "base": SAVED, "quantization": None}
     if _is_embedded(path):
         return {**ref, "base": EMBEDDED}
@@ -124,12 +145,13 @@ def base_reference(model, directory: Union[str, Path], *, save_base: bool, what:
             f"save_pretrained: the LoRA {what}'s base model has no folder on disk to refer to "
             f"(its name_or_path is {path!r}): it was built or loaded in memory. Pass save_base=True to store "
             f"the base weights in the saved folder, or merge the adapters first "
-            f"(model.{what} = model.{what}.merge_and_unload()) and save a plain model")
+            f"(model.{what} = model.{what}.merge_and_unload()) and save a plain model"
+        )
     rel = os.path.relpath(folder, os.path.realpath(directory))
     return {**ref, "base": str(folder), "base_relative": Path(rel).as_posix()}
 
 
-def find_base(root: Path, source: dict[str, Any], override: Optional[str] = None) -> Union[str, Path]:
+def find_base(root: Path, source: dict[str, Any], override: str | None = None) -> str | Path:
     """Where to load a referenced base from: EMBEDDED, or a local folder (never the hub or the cwd).
 
     Args:
@@ -156,7 +178,8 @@ def find_base(root: Path, source: dict[str, Any], override: Optional[str] = None
     raise FileNotFoundError(
         f"{root}: the LoRA generator's base {base!r} is not at {[str(p) for p in looked]} (a relative base is "
         "looked for beside the saved model only, never in the current folder or on the hub). Put the base "
-        "back there, or name it explicitly: RAGSequence.from_pretrained(path, generator_base=<folder or hub id>)")
+        "back there, or name it explicitly: RAGSequence.from_pretrained(path, generator_base=<folder or hub id>)"
+    )
 
 
 def embedded_reader(root: Path, source: dict[str, Any]) -> bool:
@@ -175,7 +198,7 @@ def embedded_reader(root: Path, source: dict[str, Any]) -> bool:
     return True
 
 
-def check_base(root: Path, source: dict[str, Any], base: torch.nn.Module, where: Union[str, Path]) -> None:
+def check_base(root: Path, source: dict[str, Any], base: torch.nn.Module, where: str | Path) -> None:
     """Refuse a base whose weights differ from the ones the model was saved on.
 
     Raises:
@@ -191,4 +214,5 @@ def check_base(root: Path, source: dict[str, Any], base: torch.nn.Module, where:
             f"trained and saved on a base with sha256 {want}: the base changed since saving. Restore the "
             "original base (or name it: from_pretrained(path, generator_base=...)); to make a model that "
             "does not depend on a base folder, save it with save_pretrained(path, save_base=True) or merge "
-            "the adapters (merge_and_unload) before saving")
+            "the adapters (merge_and_unload) before saving"
+        )

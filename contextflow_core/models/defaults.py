@@ -15,8 +15,10 @@ of retrieval, prompts or training.
 
 Every call returns fresh models: callers fine-tune them.
 """
+
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -122,10 +124,8 @@ def _publish(tmp: Path, target: Path) -> None:
     """Move a finished cache folder into place; a valid one already there wins."""
     if target.exists() and not _cache_is_valid(target):
         stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
-        try:
+        with contextlib.suppress(OSError):  # another process moved it first
             os.rename(target, stale)
-        except OSError:  # another process moved it first
-            pass
         shutil.rmtree(stale, ignore_errors=True)
     try:
         os.rename(tmp, target)

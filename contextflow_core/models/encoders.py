@@ -5,9 +5,11 @@ indexes, prompts or generators.
 
 Shapes: N texts, L tokens, D embedding size.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,7 +72,7 @@ class TextEncoder(nn.Module):
         pooling: str = "mean",
         normalize: bool = False,
         max_length: int = 256,
-        name: Optional[str] = None,
+        name: str | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -85,7 +87,7 @@ class TextEncoder(nn.Module):
     @property
     def dim(self) -> int:
         """D, the embedding size."""
-        cfg = self.model.config
+        cfg: Any = self.model.config  # a HF PretrainedConfig
         return int(getattr(cfg, "projection_dim", 0) or cfg.hidden_size)
 
     @property
@@ -104,7 +106,7 @@ class TextEncoder(nn.Module):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """Embeddings (N, D) of token ids, with gradient (pooled, normalized if configured)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -137,8 +139,10 @@ class TextEncoder(nn.Module):
             lengths = [len(ids) for ids in features["input_ids"]]
             order = sorted(range(len(texts)), key=lambda i: -lengths[i])
             batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-            chunks = [self(**self._pad(features, rows)).float().cpu()
-                      for rows in tqdm(batches, desc="encoding", unit="batch", disable=not show_progress)]
+            chunks = [
+                self(**self._pad(features, rows)).float().cpu()
+                for rows in tqdm(batches, desc="encoding", unit="batch", disable=not show_progress)
+            ]
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return torch.cat(chunks).index_select(0, inverse)  # outside inference mode: a normal tensor
@@ -152,8 +156,10 @@ class TextEncoder(nn.Module):
     def _pad(self, features: dict, rows: list[int]) -> dict[str, torch.Tensor]:
         """The `rows` of unpadded `features` as padded (n, L) tensors on the encoder's device."""
         tok = self.tokenizer
-        pad_values = {"input_ids": tok.pad_token_id if tok.pad_token_id is not None else 0,
-                      "token_type_ids": getattr(tok, "pad_token_type_id", 0)}
+        pad_values = {
+            "input_ids": tok.pad_token_id if tok.pad_token_id is not None else 0,
+            "token_type_ids": getattr(tok, "pad_token_type_id", 0),
+        }
         seqs = {key: [features[key][r] for r in rows] for key in pad_values if key in features}
         seqs["attention_mask"] = [[1] * len(ids) for ids in seqs["input_ids"]]
         pad_values["attention_mask"] = 0
@@ -164,7 +170,7 @@ class TextEncoder(nn.Module):
             batch = torch.full((len(rows), L), pad_values[key], dtype=torch.long)
             for i, seq in enumerate(values):
                 if left:
-                    batch[i, L - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
+                    batch[i, L - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
                 else:
                     batch[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
             out[key] = batch.to(self.device)

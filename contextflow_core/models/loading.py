@@ -13,12 +13,13 @@ Encoder kinds (`load_encoder(kind=...)`):
     - "hf": any `AutoModel` body, mean-pooled unless told otherwise.
     - "auto": the first of those three whose files or config match.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import transformers
@@ -40,7 +41,7 @@ ENCODER_KINDS = ("auto", "hf", "dpr_question", "dpr_context", "sentence_transfor
 DEFAULT_MAX_LENGTH = 256
 
 # kind -> (model class, default pooling); "sentence_transformers" reads its pooling from disk.
-_ENCODER_CLASSES: dict[str, tuple[type, str]] = {
+_ENCODER_CLASSES: dict[str, tuple[Any, str]] = {
     "hf": (AutoModel, "mean"),
     "sentence_transformers": (AutoModel, "mean"),
     "dpr_question": (DPRQuestionEncoder, "pooler"),
@@ -60,7 +61,7 @@ _ST_LEGACY_POOLING = {
 # ---------------------------------------------------------------- generators
 
 
-def ensure_pad_token(tokenizer, model=None, *, pad_token: Optional[str] = None):
+def ensure_pad_token(tokenizer, model=None, *, pad_token: str | None = None):
     """Give `tokenizer` a pad token without growing the vocabulary.
 
     Uses `pad_token` when given (it must already be in the vocabulary), else the
@@ -129,7 +130,7 @@ def _bnb_8bit(dtype, device_map) -> dict[str, Any]:
 _QUANTIZATIONS = {"4bit": _bnb_4bit, "8bit": _bnb_8bit}
 
 
-def quantization_config(quantization: Optional[str], *, dtype=None, device_map=None):
+def quantization_config(quantization: str | None, *, dtype=None, device_map=None):
     """The `BitsAndBytesConfig` for "4bit" / "8bit", or None for no quantization.
 
     4-bit uses NF4 with double quantization; it computes in float32 on CPU and
@@ -159,12 +160,12 @@ def _gguf_dequantize_config():
 def load_generator(
     name_or_path: str,
     *,
-    gguf_file: Optional[str] = None,
-    dtype: Optional[torch.dtype] = None,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | None = None,
     device_map=None,
-    quantization: Optional[str] = None,
+    quantization: str | None = None,
     trust_remote_code: bool = False,
-    pad_token: Optional[str] = None,
+    pad_token: str | None = None,
     **kwargs,
 ):
     """Load a decoder-only LLM and its tokenizer, ready for RAG training and generation.
@@ -214,9 +215,9 @@ class _EncoderPlan:
 
     kind: str
     subfolder: str = ""
-    pooling: Optional[str] = None
+    pooling: str | None = None
     normalize: bool = False
-    max_length: Optional[int] = None
+    max_length: int | None = None
 
 
 def _join(subfolder: str, filename: str) -> str:
@@ -224,8 +225,9 @@ def _join(subfolder: str, filename: str) -> str:
     return f"{subfolder.strip('/')}/{filename}" if subfolder.strip("/") else filename
 
 
-def _read_json(name_or_path: str, filename: str) -> Optional[dict]:
+def _read_json(name_or_path: str, filename: str) -> Any:
     """A JSON file of a local folder or hub repo, or None when it is absent."""
+    path: str | None
     if os.path.isdir(name_or_path):
         path = os.path.join(name_or_path, filename)
         if not os.path.isfile(path):
@@ -235,7 +237,8 @@ def _read_json(name_or_path: str, filename: str) -> Optional[dict]:
 
         try:
             path = cached_file(
-                name_or_path, filename,
+                name_or_path,
+                filename,
                 _raise_exceptions_for_missing_entries=False,
                 _raise_exceptions_for_connection_errors=False,
             )
@@ -276,11 +279,12 @@ def _st_plan(name_or_path: str, modules: list[dict]) -> _EncoderPlan:
         pool_cfg = _read_json(name_or_path, _join(by_type["Pooling"].get("path", ""), "config.json")) or {}
         pooling = _st_pooling(pool_cfg, name_or_path)
     st_cfg = _read_json(name_or_path, _join(subfolder, "sentence_bert_config.json")) or {}
-    return _EncoderPlan("sentence_transformers", subfolder, pooling, "Normalize" in by_type,
-                        st_cfg.get("max_seq_length"))
+    return _EncoderPlan(
+        "sentence_transformers", subfolder, pooling, "Normalize" in by_type, st_cfg.get("max_seq_length")
+    )
 
 
-def _dpr_kind(config) -> Optional[str]:
+def _dpr_kind(config) -> str | None:
     if getattr(config, "model_type", None) != "dpr":
         return None
     for arch in config.architectures or []:
@@ -309,10 +313,10 @@ def _plan_encoder(name_or_path: str, kind: str, trust_remote_code: bool) -> tupl
 def load_encoder(
     name_or_path: str,
     *,
-    pooling: Optional[str] = None,
-    normalize: Optional[bool] = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
     kind: str = "auto",
-    max_length: Optional[int] = None,
+    max_length: int | None = None,
     trust_remote_code: bool = False,
 ) -> TextEncoder:
     """Load a text encoder (question or context side of the retriever).

@@ -2,16 +2,18 @@
 
 Boundary: wraps modules with adapters; knows nothing of retrieval or losses.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
 def _lora_config(task_type, r: int, alpha: int, dropout: float, target_modules):
     from peft import LoraConfig  # imported by add_lora, without bitsandbytes unless a 4/8-bit model loaded it
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                      task_type=task_type, bias="none")
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type=task_type, bias="none"
+    )
 
 
 def _keep_4bit_trainable(module) -> None:
@@ -36,8 +38,8 @@ def add_lora(
     r: int = 8,
     alpha: int = 16,
     dropout: float = 0.0,
-    generator_targets: Optional[Sequence[str]] = None,
-    encoder_targets: Optional[Sequence[str]] = None,
+    generator_targets: Sequence[str] | None = None,
+    encoder_targets: Sequence[str] | None = None,
 ):
     """Wrap the generator (and/or the question encoder body) of a RAGSequence in LoRA, in place.
 
@@ -70,7 +72,8 @@ def add_lora(
             if getattr(gen, "is_loaded_in_4bit", False) or getattr(gen, "is_loaded_in_8bit", False):
                 _keep_4bit_trainable(gen)
                 gen = prepare_model_for_kbit_training(
-                    gen, use_gradient_checkpointing=model.config.gradient_checkpointing)
+                    gen, use_gradient_checkpointing=model.config.gradient_checkpointing
+                )
             model.generator = get_peft_model(gen, _lora_config("CAUSAL_LM", r, alpha, dropout, generator_targets))
         if question_encoder and not hasattr(model.question_encoder.model, "peft_config"):
             targets = encoder_targets or ["query", "value"]

@@ -24,13 +24,15 @@ The merged model carries `config.contextflow_reader` (`reader_identity`): it is
 written with the model's `config.json`, and `serialization` records it in
 `rag_config.json`, so a saved model says that it started from the reader.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -42,11 +44,24 @@ ADAPTER_FILE, ADAPTER_CONFIG, RECORD = "adapter_model.safetensors", "adapter_con
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<side>[AB])\.weight$")
 _BATCH_ELEMENTS = 1 << 23  # float64 elements merged per step (64 MiB)
 _EXACT_IN_FLOAT64 = (torch.float32, torch.bfloat16, torch.float16)  # products of two are exact in float64
-_UNSUPPORTED = {"use_dora": "DoRA", "fan_in_fan_out": "fan_in_fan_out", "rank_pattern": "rank_pattern",
-                "alpha_pattern": "alpha_pattern", "modules_to_save": "modules_to_save"}
+_UNSUPPORTED = {
+    "use_dora": "DoRA",
+    "fan_in_fan_out": "fan_in_fan_out",
+    "rank_pattern": "rank_pattern",
+    "alpha_pattern": "alpha_pattern",
+    "modules_to_save": "modules_to_save",
+}
 
-__all__ = ["CONFIG_ATTR", "READER_NAME", "merge_reader", "reader_dir", "reader_identity", "reader_of",
-           "require_reader", "verify_reader"]
+__all__ = [
+    "CONFIG_ATTR",
+    "READER_NAME",
+    "merge_reader",
+    "reader_dir",
+    "reader_identity",
+    "reader_of",
+    "require_reader",
+    "verify_reader",
+]
 
 
 def reader_dir() -> Path:
@@ -61,18 +76,21 @@ def _record(folder: Path) -> dict[str, Any]:
             f"reader=True: the reader adapter is not installed ({path} is missing; a source checkout gets it "
             "with the repository's contextflow_core/models/reader/ folder, or rebuild it with "
             "`python benchmarks/train_reader.py`). Pass reader=False (CLI: --no-reader) to use the raw "
-            "embedded model")
+            "embedded model"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ValueError(f"{path}: not valid JSON ({e}); reinstall contextflow") from e
     if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
-        raise ValueError(f"{path}: expected a JSON object with a 'files' mapping of file name to sha256, "
-                         f"got {type(record).__name__}; reinstall contextflow")
+        raise ValueError(
+            f"{path}: expected a JSON object with a 'files' mapping of file name to sha256, "
+            f"got {type(record).__name__}; reinstall contextflow"
+        )
     return record
 
 
-def verify_reader(folder: Optional[Path] = None) -> dict[str, Any]:
+def verify_reader(folder: Path | None = None) -> dict[str, Any]:
     """Check the reader's files against the sha256 sums in `reader.json`; returns that record.
 
     Raises:
@@ -85,8 +103,9 @@ def verify_reader(folder: Optional[Path] = None) -> dict[str, Any]:
     files = record["files"]
     missing = [name for name in (ADAPTER_FILE, ADAPTER_CONFIG) if name not in files]
     if missing:
-        raise ValueError(f"{folder / RECORD}: 'files' does not list {missing}, so they cannot be checked; "
-                         "reinstall contextflow")
+        raise ValueError(
+            f"{folder / RECORD}: 'files' does not list {missing}, so they cannot be checked; reinstall contextflow"
+        )
     for name, want in files.items():
         path = folder / name
         if not path.is_file():
@@ -96,7 +115,8 @@ def verify_reader(folder: Optional[Path] = None) -> dict[str, Any]:
             raise ValueError(
                 f"{path}: sha256 {got} differs from {want} recorded in {RECORD}: the reader adapter was "
                 "modified or corrupted, so it is not loaded. Reinstall contextflow (or rebuild it with "
-                "`python benchmarks/train_reader.py`), or pass reader=False to use the raw embedded model")
+                "`python benchmarks/train_reader.py`), or pass reader=False to use the raw embedded model"
+            )
     return record
 
 
@@ -106,7 +126,7 @@ def reader_identity(record: dict[str, Any]) -> dict[str, str]:
     return {"name": READER_NAME, "sha256": files[ADAPTER_FILE], "config_sha256": files[ADAPTER_CONFIG]}
 
 
-def reader_of(model) -> Optional[dict[str, str]]:
+def reader_of(model) -> dict[str, str] | None:
     """The reader a (possibly peft-wrapped) generator was merged with, or None for none."""
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
@@ -131,8 +151,9 @@ def _pairs(tensors: dict[str, torch.Tensor], where: Path) -> dict[str, tuple[tor
     for key, tensor in tensors.items():
         match = _KEY.match(key)
         if match is None:
-            raise ValueError(f"{where}: unexpected tensor {key!r}; only lora_A/lora_B weights of Linear "
-                             "layers can be merged")
+            raise ValueError(
+                f"{where}: unexpected tensor {key!r}; only lora_A/lora_B weights of Linear layers can be merged"
+            )
         if tensor.dtype not in _EXACT_IN_FLOAT64:
             raise ValueError(f"{where}: {key} is {tensor.dtype}; expected float32, bfloat16 or float16")
         found.setdefault(match["module"], {})[match["side"]] = tensor
@@ -149,8 +170,10 @@ def _checked_weights(model, pairs: dict[str, tuple], where: Path) -> dict[str, t
     for module, (a, b) in pairs.items():
         weight = params.get(f"{module}.weight")
         if weight is None or weight.shape != (b.shape[0], a.shape[1]) or not weight.is_floating_point():
-            raise ValueError(f"{where}: no float weight {module}.weight of shape {(b.shape[0], a.shape[1])} "
-                             "in the model; the reader fits SmolLM2-135M-Instruct (default_generator) only")
+            raise ValueError(
+                f"{where}: no float weight {module}.weight of shape {(b.shape[0], a.shape[1])} "
+                "in the model; the reader fits SmolLM2-135M-Instruct (default_generator) only"
+            )
         weights[module] = weight
     return weights
 
@@ -167,13 +190,13 @@ def _merge_batch(weights: list[torch.Tensor], pairs: list[tuple], scale: float) 
     b64 = torch.stack([b for _, b in pairs]).to(torch.float64)  # (n, out, r)
     delta = torch.zeros_like(w64)
     for i in range(a64.shape[1]):
-        delta.addcmul_(b64[:, :, i:i + 1], a64[:, i:i + 1, :])
+        delta.addcmul_(b64[:, :, i : i + 1], a64[:, i : i + 1, :])
     merged = w64.add_(delta.mul_(scale)).to(torch.float32)
-    for weight, new in zip(weights, merged):
+    for weight, new in zip(weights, merged, strict=True):
         weight.copy_(new)  # then the weight's own dtype
 
 
-def _merge_all(weights: dict[str, torch.Tensor], pairs: dict[str, tuple], scale: float) -> None:
+def _merge_all(weights: Mapping[str, torch.Tensor], pairs: dict[str, tuple], scale: float) -> None:
     """Merge module by module, batching same-shaped ones (few large ops run fast even on a busy CPU)."""
     groups: dict[tuple, list[str]] = {}
     for module, (a, _) in pairs.items():
@@ -181,12 +204,12 @@ def _merge_all(weights: dict[str, torch.Tensor], pairs: dict[str, tuple], scale:
     for (shape, _), modules in groups.items():
         step = max(1, _BATCH_ELEMENTS // (shape[0] * shape[1]))
         for start in range(0, len(modules), step):
-            chunk = modules[start:start + step]
+            chunk = modules[start : start + step]
             _merge_batch([weights[m] for m in chunk], [pairs[m] for m in chunk], scale)
 
 
 @torch.no_grad()
-def merge_reader(model, folder: Optional[Path] = None) -> dict[str, str]:
+def merge_reader(model, folder: Path | None = None) -> dict[str, str]:
     """Merge the reader LoRA into `model`'s float weights in place and mark `model.config`.
 
     Args:
@@ -205,9 +228,12 @@ def merge_reader(model, folder: Optional[Path] = None) -> dict[str, str]:
 
     folder = Path(folder) if folder is not None else reader_dir()
     identity = reader_identity(verify_reader(folder))
-    if reader_of(model) is not None:
-        raise ValueError(f"model: already merged with reader {reader_of(model)['sha256'][:12]}; merging twice "
-                         "would add the adapter twice. Start from default_generator(reader=False)")
+    merged = reader_of(model)
+    if merged is not None:
+        raise ValueError(
+            f"model: already merged with reader {merged['sha256'][:12]}; merging twice "
+            "would add the adapter twice. Start from default_generator(reader=False)"
+        )
     scale = _scale(json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")), folder / ADAPTER_CONFIG)
     pairs = _pairs(load_file(str(folder / ADAPTER_FILE)), folder / ADAPTER_FILE)
     _merge_all(_checked_weights(model, pairs, folder / ADAPTER_FILE), pairs, scale)
@@ -226,11 +252,14 @@ def require_reader(recorded: dict[str, Any], where: str) -> None:
     try:
         installed = reader_identity(verify_reader())
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{where}: the generator was trained on top of the reader adapter (sha256 "
-                                f"{want}), which cannot be loaded here: {e}") from e
+        raise FileNotFoundError(
+            f"{where}: the generator was trained on top of the reader adapter (sha256 "
+            f"{want}), which cannot be loaded here: {e}"
+        ) from e
     if (installed["sha256"], installed["config_sha256"]) != (want, recorded.get("config_sha256")):
         raise ValueError(
             f"{where}: the generator was trained on top of the reader adapter with sha256 {want}, but the "
             f"installed ContextFlow ships the reader {installed['sha256']}: the saved adapters would sit on a "
             "different base. Install the ContextFlow version that shipped that reader, or pass "
-            "generator_base=<a folder holding that base+reader model> to from_pretrained")
+            "generator_base=<a folder holding that base+reader model> to from_pretrained"
+        )

@@ -1,4 +1,5 @@
 """Retrieval: the passage index (FAISS + passage store), vector-store backends, and the query-time retriever."""
+
 from contextflow_core.retrieval.index import DocumentIndex
 from contextflow_core.retrieval.retriever import Retriever, as_retriever
 from contextflow_core.retrieval.space_check import SpaceReport, check_embedding_space

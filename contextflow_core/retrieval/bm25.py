@@ -4,11 +4,12 @@ Boundary: sparse lexical scores only; no encoders, no FAISS. Postings are kept
 as flat numpy arrays sorted by term, so a query costs one slice and one
 `np.add.at` per query term.
 """
+
 from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,10 +35,10 @@ class BM25:
         self.vocab: dict[str, int] = {}
         terms, rows, tfs = [], [], []
         for row, counts in enumerate(docs):
-            for term, tf in counts.items():
+            for term, term_count in counts.items():
                 terms.append(self.vocab.setdefault(term, len(self.vocab)))
                 rows.append(row)
-                tfs.append(tf)
+                tfs.append(term_count)
         order = np.argsort(np.asarray(terms, dtype=np.int64), kind="stable")
         self._rows = np.asarray(rows, dtype=np.int64)[order]
         tf = np.asarray(tfs, dtype=np.float32)[order]

@@ -1,10 +1,11 @@
 """Argument checks for DocumentIndex: each raises ValueError naming the argument, what was expected
 and what came."""
+
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
-from typing import Any, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,11 +23,11 @@ def check_finite_embeddings(what: str, embeddings: torch.Tensor) -> None:
         raise NonFiniteEmbeddings(
             f"{what}: expected finite embeddings, got NaN or inf from the encoder (diverged weights or "
             "overflow under mixed precision); lower the learning rate, set max_grad_norm, or use "
-            "mixed_precision='bf16' or 'no'")
+            "mixed_precision='bf16' or 'no'"
+        )
 
 
-def _as_matrix(arg: str, x: Any, *, rows: Optional[int] = None, dim: Optional[int] = None,
-               copy: bool = True) -> np.ndarray:
+def _as_matrix(arg: str, x: Any, *, rows: int | None = None, dim: int | None = None, copy: bool = True) -> np.ndarray:
     """`x` as a C-contiguous float32 (N, D) array (a fresh copy if `copy`), or ValueError naming `arg`."""
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
@@ -70,7 +71,7 @@ def _check_len(arg: str, values: Any, n: int) -> list:
     return values
 
 
-def _check_ids(ids: Sequence[Any], arg: str, existing: Optional[Mapping[str, int]] = None) -> None:
+def _check_ids(ids: Sequence[Any], arg: str, existing: Mapping[str, int] | None = None) -> None:
     existing = existing or {}
     seen: dict[str, int] = {}
     for i, pid in enumerate(ids):
@@ -83,7 +84,7 @@ def _check_ids(ids: Sequence[Any], arg: str, existing: Optional[Mapping[str, int
         seen[pid] = i
 
 
-def _check_passages(passages: Any, existing: Optional[Mapping[str, int]] = None) -> list[Passage]:
+def _check_passages(passages: Any, existing: Mapping[str, int] | None = None) -> list[Passage]:
     passages = list(passages)
     if not passages:
         raise ValueError("passages: expected at least one passage, got an empty list")
@@ -96,8 +97,9 @@ def _check_passages(passages: Any, existing: Optional[Mapping[str, int]] = None)
     return passages
 
 
-def _make_passages(texts, ids, titles, metadatas, default_ids: Sequence[str],
-                   existing: Optional[Mapping[str, int]] = None) -> list[Passage]:
+def _make_passages(
+    texts, ids, titles, metadatas, default_ids: Sequence[str], existing: Mapping[str, int] | None = None
+) -> list[Passage]:
     """Validated Passages from parallel lists (`default_ids` used when `ids` is None)."""
     texts = _check_texts(texts)
     n = len(texts)
@@ -105,12 +107,12 @@ def _make_passages(texts, ids, titles, metadatas, default_ids: Sequence[str],
     titles = [None] * n if titles is None else _check_len("titles", titles, n)
     metadatas = [None] * n if metadatas is None else _check_len("metadatas", metadatas, n)
     _check_ids(ids, "ids", existing)
-    for i, (title, meta) in enumerate(zip(titles, metadatas)):
+    for i, (title, meta) in enumerate(zip(titles, metadatas, strict=True)):
         if title is not None and not isinstance(title, str):
             raise ValueError(f"titles: expected a string or None, got {type(title).__name__} at position {i}")
         if meta is not None and not isinstance(meta, Mapping):
             raise ValueError(f"metadatas: expected a dict or None, got {type(meta).__name__} at position {i}")
-    rows = zip(ids, texts, titles, metadatas)
+    rows = zip(ids, texts, titles, metadatas, strict=True)
     return [Passage(id=i, text=t, title=ti, metadata=dict(m or {})) for i, t, ti, m in rows]
 
 
@@ -125,7 +127,8 @@ def _check_k(k: Any, n: int) -> int:
 def _encode(encoder: Any, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
     if not callable(getattr(encoder, "encode", None)):
         raise ValueError(
-            f"encoder: expected an object with .encode(texts) (e.g. TextEncoder), got {type(encoder).__name__}")
+            f"encoder: expected an object with .encode(texts) (e.g. TextEncoder), got {type(encoder).__name__}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     out = encoder.encode(texts, batch_size=batch_size, show_progress=show_progress)

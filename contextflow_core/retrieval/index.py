@@ -9,13 +9,15 @@ Shapes: N passages, B queries, K results per query, D embedding size.
 On disk (`save`/`load`): an atomic directory of FAISS, JSONL and safetensors files
 with a checksummed manifest; see `storage.py`.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import faiss
 import numpy as np
@@ -25,18 +27,36 @@ import torch
 from contextflow_core.artifacts import INDEX
 from contextflow_core.io_utils import atomic_dir
 from contextflow_core.retrieval.checks import (
-    _as_matrix, _check_k, _check_passages, _check_texts, _encode, _encoder_name, _make_passages,
+    _as_matrix,
+    _check_k,
+    _check_passages,
+    _check_texts,
+    _encode,
+    _encoder_name,
+    _make_passages,
 )
 from contextflow_core.retrieval.storage import (
-    EMBEDDINGS_FILE, FAISS_FILE, FORMAT_VERSION, MANIFEST_FILE, METRIC, PASSAGES_FILE, _check_expected,
-    _faiss_reason, _parse_embeddings, _parse_faiss, _parse_passages, _passages_jsonl, _read_checked,
-    _read_manifest, _write_file,
+    EMBEDDINGS_FILE,
+    FAISS_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    METRIC,
+    PASSAGES_FILE,
+    _check_expected,
+    _faiss_reason,
+    _parse_embeddings,
+    _parse_faiss,
+    _parse_passages,
+    _passages_jsonl,
+    _read_checked,
+    _read_manifest,
+    _write_file,
 )
 from contextflow_core.types import Passage, Retrieved
 
 DEFAULT_EF_SEARCH = 64
 
-ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[Sequence[float]]]
+ArrayLike = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
 
 
 # ----------------------------------------------------------------------------- faiss
@@ -51,7 +71,8 @@ def _new_faiss(index_factory: str, embeddings: np.ndarray) -> faiss.Index:
     except (RuntimeError, TypeError) as e:
         raise ValueError(
             f"index_factory: faiss could not build {index_factory!r} for {n} vectors of dimension {dim}: "
-            f"{_faiss_reason(e)}") from e
+            f"{_faiss_reason(e)}"
+        ) from e
     return index
 
 
@@ -64,7 +85,7 @@ def _set_param(index: faiss.Index, name: str, value: int) -> bool:
     return True
 
 
-def _nlist(index: faiss.Index) -> Optional[int]:
+def _nlist(index: faiss.Index) -> int | None:
     try:
         return int(faiss.extract_index_ivf(index).nlist)
     except RuntimeError:
@@ -98,14 +119,24 @@ class DocumentIndex:
         [['0']]
     """
 
-    def __init__(self, passages: Sequence[Passage], embeddings: np.ndarray, faiss_index: faiss.Index, *,
-                 index_factory: str = "Flat", encoder_name: Optional[str] = None,
-                 nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        passages: Sequence[Passage],
+        embeddings: np.ndarray,
+        faiss_index: faiss.Index,
+        *,
+        index_factory: str = "Flat",
+        encoder_name: str | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> None:
         self._passages = _check_passages(passages)
         self._embeddings = _as_matrix("embeddings", embeddings, rows=len(self._passages), copy=False)  # (N, D)
         if faiss_index.ntotal != len(self._passages) or faiss_index.d != self.dim:
-            raise ValueError(f"faiss_index: expected {len(self._passages)} vectors of dimension {self.dim}, "
-                             f"got {faiss_index.ntotal} of dimension {faiss_index.d}")
+            raise ValueError(
+                f"faiss_index: expected {len(self._passages)} vectors of dimension {self.dim}, "
+                f"got {faiss_index.ntotal} of dimension {faiss_index.d}"
+            )
         self._faiss = faiss_index
         self._rows = {p.id: i for i, p in enumerate(self._passages)}
         self.version = 0  # bumped by add/remove, so derived structures (BM25) know when to rebuild
@@ -122,30 +153,61 @@ class DocumentIndex:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def from_embeddings(cls, passages: Sequence[Passage], embeddings: ArrayLike, *, index_factory: str = "Flat",
-                        encoder_name: Optional[str] = None, nprobe: Optional[int] = None,
-                        ef_search: Optional[int] = None) -> "DocumentIndex":
+    def from_embeddings(
+        cls,
+        passages: Sequence[Passage],
+        embeddings: ArrayLike,
+        *,
+        index_factory: str = "Flat",
+        encoder_name: str | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> DocumentIndex:
         """Index precomputed (N, D) `embeddings` of `passages` (row i belongs to passage i)."""
         passages = _check_passages(passages)
         embeddings = _as_matrix("embeddings", embeddings, rows=len(passages))
-        return cls(passages, embeddings, _new_faiss(index_factory, embeddings),
-                   index_factory=index_factory, encoder_name=encoder_name, nprobe=nprobe, ef_search=ef_search)
+        return cls(
+            passages,
+            embeddings,
+            _new_faiss(index_factory, embeddings),
+            index_factory=index_factory,
+            encoder_name=encoder_name,
+            nprobe=nprobe,
+            ef_search=ef_search,
+        )
 
     @classmethod
-    def from_passages(cls, passages: Sequence[Passage], encoder: Any, *, index_factory: str = "Flat",
-                      batch_size: int = 64, show_progress: bool = True,
-                      nprobe: Optional[int] = None) -> "DocumentIndex":
+    def from_passages(
+        cls,
+        passages: Sequence[Passage],
+        encoder: Any,
+        *,
+        index_factory: str = "Flat",
+        batch_size: int = 64,
+        show_progress: bool = True,
+        nprobe: int | None = None,
+    ) -> DocumentIndex:
         """Encode each passage's text with `encoder.encode` and index the result."""
         passages = _check_passages(passages)
         embeddings = _encode(encoder, [p.text for p in passages], batch_size, show_progress)
-        return cls.from_embeddings(passages, embeddings, index_factory=index_factory,
-                                   encoder_name=_encoder_name(encoder), nprobe=nprobe)
+        return cls.from_embeddings(
+            passages, embeddings, index_factory=index_factory, encoder_name=_encoder_name(encoder), nprobe=nprobe
+        )
 
     @classmethod
-    def from_texts(cls, texts: Sequence[str], encoder: Any, *, ids: Optional[Sequence[str]] = None,
-                   titles: Optional[Sequence[Optional[str]]] = None,
-                   metadatas: Optional[Sequence[Optional[dict]]] = None, index_factory: str = "Flat",
-                   batch_size: int = 64, show_progress: bool = True, nprobe: Optional[int] = None) -> "DocumentIndex":
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        encoder: Any,
+        *,
+        ids: Sequence[str] | None = None,
+        titles: Sequence[str | None] | None = None,
+        metadatas: Sequence[dict | None] | None = None,
+        index_factory: str = "Flat",
+        batch_size: int = 64,
+        show_progress: bool = True,
+        nprobe: int | None = None,
+    ) -> DocumentIndex:
         """Build an index from raw texts; ids default to "0", "1", ...
 
         Args:
@@ -159,11 +221,17 @@ class DocumentIndex:
         """
         texts = _check_texts(texts)
         passages = _make_passages(texts, ids, titles, metadatas, [str(i) for i in range(len(texts))])
-        return cls.from_passages(passages, encoder, index_factory=index_factory, batch_size=batch_size,
-                                 show_progress=show_progress, nprobe=nprobe)
+        return cls.from_passages(
+            passages,
+            encoder,
+            index_factory=index_factory,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            nprobe=nprobe,
+        )
 
     @classmethod
-    def from_ray(cls, source: Any, encoder: Any, **kwargs: Any) -> "DocumentIndex":
+    def from_ray(cls, source: Any, encoder: Any, **kwargs: Any) -> DocumentIndex:
         """Build an index on a Ray cluster: `retrieval.ray_build.build_index_ray` (the ``ray`` extra).
 
         Args:
@@ -184,8 +252,10 @@ class DocumentIndex:
         return passage_id in self._rows
 
     def __repr__(self) -> str:
-        return (f"DocumentIndex(count={len(self)}, dim={self.dim}, index_factory={self.index_factory!r}, "
-                f"encoder_name={self.encoder_name!r})")
+        return (
+            f"DocumentIndex(count={len(self)}, dim={self.dim}, index_factory={self.index_factory!r}, "
+            f"encoder_name={self.encoder_name!r})"
+        )
 
     @property
     def dim(self) -> int:
@@ -208,7 +278,7 @@ class DocumentIndex:
         return torch.from_numpy(self._embeddings.copy())
 
     @property
-    def nprobe(self) -> Optional[int]:
+    def nprobe(self) -> int | None:
         """IVF cells visited per query (None for non-IVF indexes)."""
         return self._nprobe
 
@@ -221,7 +291,7 @@ class DocumentIndex:
         self._nprobe = value
 
     @property
-    def ef_search(self) -> Optional[int]:
+    def ef_search(self) -> int | None:
         """HNSW search breadth (None for non-HNSW indexes)."""
         return self._ef_search
 
@@ -268,9 +338,12 @@ class DocumentIndex:
         scores = np.take_along_axis(scores, order, axis=1)
         embeddings = np.take_along_axis(embeddings, order[..., None], axis=1)
         passages = [[self._passages[r] for r in row] for row in rows.tolist()]
-        return Retrieved(ids=[[p.id for p in row] for row in passages],
-                         scores=torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)),
-                         embeddings=torch.from_numpy(np.ascontiguousarray(embeddings)), passages=passages)
+        return Retrieved(
+            ids=[[p.id for p in row] for row in passages],
+            scores=torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32)),
+            embeddings=torch.from_numpy(np.ascontiguousarray(embeddings)),
+            passages=passages,
+        )
 
     def _apply_search_params(self, k: int) -> None:
         if self._nprobe is not None:
@@ -289,10 +362,18 @@ class DocumentIndex:
         return rows
 
     # -- updates ------------------------------------------------------------------------
-    def add(self, texts_or_passages: Sequence[Union[str, Passage]], encoder: Any = None, *,
-            ids: Optional[Sequence[str]] = None, titles: Optional[Sequence[Optional[str]]] = None,
-            metadatas: Optional[Sequence[Optional[dict]]] = None, embeddings: Optional[ArrayLike] = None,
-            batch_size: int = 64, show_progress: bool = False) -> list[str]:
+    def add(
+        self,
+        texts_or_passages: Sequence[str | Passage],
+        encoder: Any = None,
+        *,
+        ids: Sequence[str] | None = None,
+        titles: Sequence[str | None] | None = None,
+        metadatas: Sequence[dict | None] | None = None,
+        embeddings: ArrayLike | None = None,
+        batch_size: int = 64,
+        show_progress: bool = False,
+    ) -> list[str]:
         """Add passages (or texts with optional ids/titles/metadatas) and return their ids.
 
         New ids default to the first free "N", "N+1", ... with N = len(self). Give either `encoder`
@@ -303,13 +384,16 @@ class DocumentIndex:
             new = _as_matrix("embeddings", embeddings, rows=len(passages), dim=self.dim)
         elif encoder is not None:
             if self.encoder_name and _encoder_name(encoder) != self.encoder_name:
-                warnings.warn(f"encoder {_encoder_name(encoder)!r} differs from the index's {self.encoder_name!r}",
-                              stacklevel=2)
-            new = _as_matrix("embeddings", _encode(encoder, [p.text for p in passages], batch_size, show_progress),
-                             dim=self.dim)
+                warnings.warn(
+                    f"encoder {_encoder_name(encoder)!r} differs from the index's {self.encoder_name!r}", stacklevel=2
+                )
+            new = _as_matrix(
+                "embeddings", _encode(encoder, [p.text for p in passages], batch_size, show_progress), dim=self.dim
+            )
         else:
-            raise ValueError("encoder: expected an encoder to embed the new passages, got None; "
-                             "pass encoder= or embeddings=")
+            raise ValueError(
+                "encoder: expected an encoder to embed the new passages, got None; pass encoder= or embeddings="
+            )
         self._faiss.add(new)
         self._embeddings = np.concatenate([self._embeddings, new])
         self._rows.update({p.id: len(self._passages) + i for i, p in enumerate(passages)})
@@ -321,13 +405,14 @@ class DocumentIndex:
         items = [items] if isinstance(items, Passage) else items if isinstance(items, str) else list(items)
         if items and all(isinstance(p, Passage) for p in items):
             if ids is not None or titles is not None or metadatas is not None:
-                raise ValueError("ids: expected None when adding Passage objects "
-                                 "(they carry their own id, title, metadata)")
+                raise ValueError(
+                    "ids: expected None when adding Passage objects (they carry their own id, title, metadata)"
+                )
             return _check_passages(items, self._rows)
         free = (str(i) for i in range(len(self), 2 * len(self) + len(items) + 1) if str(i) not in self._rows)
         return _make_passages(items, ids, titles, metadatas, [next(free) for _ in items], self._rows)
 
-    def remove(self, ids: Union[str, Sequence[str]]) -> None:
+    def remove(self, ids: str | Sequence[str]) -> None:
         """Remove the passages with these ids; KeyError if any is absent, ValueError if none would remain."""
         ids = [ids] if isinstance(ids, str) else list(ids)
         unknown = [i for i in ids if i not in self._rows]
@@ -345,7 +430,7 @@ class DocumentIndex:
         self.version += 1
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, directory: Union[str, Path]) -> Path:
+    def save(self, directory: str | Path) -> Path:
         """Write the index to `directory` atomically.
 
         `directory` must be new, empty, or hold a saved DocumentIndex (nothing
@@ -363,16 +448,24 @@ class DocumentIndex:
         with atomic_dir(directory, kind=INDEX) as tmp:
             files = {name: _write_file(tmp / name, data) for name, data in blobs.items()}
             manifest = {
-                "kind": INDEX, "format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self),
-                "encoder_name": self.encoder_name, "index_factory": self.index_factory, "metric": METRIC,
-                "nprobe": self._nprobe, "ef_search": self._ef_search, "files": files,
+                "kind": INDEX,
+                "format_version": FORMAT_VERSION,
+                "dim": self.dim,
+                "count": len(self),
+                "encoder_name": self.encoder_name,
+                "index_factory": self.index_factory,
+                "metric": METRIC,
+                "nprobe": self._nprobe,
+                "ef_search": self._ef_search,
+                "files": files,
             }
             _write_file(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
         return Path(directory)
 
     @classmethod
-    def load(cls, directory: Union[str, Path], *, expected_encoder_name: Optional[str] = None,
-             expected_dim: Optional[int] = None) -> "DocumentIndex":
+    def load(
+        cls, directory: str | Path, *, expected_encoder_name: str | None = None, expected_dim: int | None = None
+    ) -> DocumentIndex:
         """Load an index written by `save`, verifying the manifest and every checksum.
 
         Raises:
@@ -388,6 +481,12 @@ class DocumentIndex:
         passages = _parse_passages(_read_checked(directory, manifest, PASSAGES_FILE), count, directory)
         embeddings = _parse_embeddings(_read_checked(directory, manifest, EMBEDDINGS_FILE), count, dim, directory)
         faiss_index = _parse_faiss(_read_checked(directory, manifest, FAISS_FILE), count, dim, directory)
-        return cls(passages, embeddings, faiss_index, index_factory=manifest["index_factory"],
-                   encoder_name=manifest.get("encoder_name"), nprobe=manifest.get("nprobe"),
-                   ef_search=manifest.get("ef_search"))
+        return cls(
+            passages,
+            embeddings,
+            faiss_index,
+            index_factory=manifest["index_factory"],
+            encoder_name=manifest.get("encoder_name"),
+            nprobe=manifest.get("nprobe"),
+            ef_search=manifest.get("ef_search"),
+        )

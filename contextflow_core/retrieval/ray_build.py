@@ -23,12 +23,14 @@ Example:
     >>> index = DocumentIndex.from_ray("passages.parquet", "sentence-transformers/all-MiniLM-L6-v2",
     ...                                num_workers=4, batch_size=256)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +38,7 @@ __all__ = ["build_index_ray", "encoded_batches", "upsert_ray"]
 
 REQUIRED_COLUMNS = ("id", "text")
 _READERS = {".jsonl": "read_json", ".json": "read_json", ".parquet": "read_parquet"}
-EncoderSpec = Union[str, Callable[[], Any]]
+EncoderSpec = str | Callable[[], Any]
 
 
 def _import_ray():
@@ -64,17 +66,22 @@ def _dataset(source: Any):
         raise ValueError(f"source: expected a ray.data.Dataset or JSONL/Parquet path(s), got {type(source).__name__}")
     kinds = {_READERS.get(Path(p).suffix.lower()) for p in paths}
     if None in kinds or len(kinds) != 1:
-        raise ValueError(f"source: expected paths ending in .jsonl, .json or .parquet (one kind), got "
-                         f"{[str(p) for p in paths]}")
-    return getattr(ray.data, kinds.pop())([str(p) for p in paths])
+        raise ValueError(
+            f"source: expected paths ending in .jsonl, .json or .parquet (one kind), got {[str(p) for p in paths]}"
+        )
+    reader = kinds.pop()
+    assert reader is not None  # refused above
+    return getattr(ray.data, reader)([str(p) for p in paths])
 
 
 def _check_columns(ds) -> list[str]:
     names = list(ds.schema().names)
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
-        raise ValueError(f"source: expected columns {list(REQUIRED_COLUMNS)} (plus optional title, metadata), "
-                         f"got {names}; missing {missing}")
+        raise ValueError(
+            f"source: expected columns {list(REQUIRED_COLUMNS)} (plus optional title, metadata), "
+            f"got {names}; missing {missing}"
+        )
     return names
 
 
@@ -87,11 +94,15 @@ def build_encoder(spec: EncoderSpec):
     if callable(spec):
         encoder = spec()
         if not callable(getattr(encoder, "encode", None)):
-            raise ValueError(f"encoder: the factory returned {type(encoder).__name__}, expected an object with "
-                             ".encode(texts) (e.g. TextEncoder)")
+            raise ValueError(
+                f"encoder: the factory returned {type(encoder).__name__}, expected an object with "
+                ".encode(texts) (e.g. TextEncoder)"
+            )
         return encoder
-    raise ValueError(f"encoder: expected a model path / hub id or a zero-argument factory that builds the encoder "
-                     f"in each worker, got {type(spec).__name__}")
+    raise ValueError(
+        f"encoder: expected a model path / hub id or a zero-argument factory that builds the encoder "
+        f"in each worker, got {type(spec).__name__}"
+    )
 
 
 class _EncodeActor:
@@ -125,9 +136,15 @@ def _preserve_order() -> Iterator[None]:
         options.preserve_order = before
 
 
-def encoded_batches(source: Any, encoder: EncoderSpec, *, num_workers: int = 2, batch_size: int = 64,
-                    num_gpus_per_worker: Optional[float] = None,
-                    num_cpus_per_worker: float = 1) -> Iterator[dict[str, np.ndarray]]:
+def encoded_batches(
+    source: Any,
+    encoder: EncoderSpec,
+    *,
+    num_workers: int = 2,
+    batch_size: int = 64,
+    num_gpus_per_worker: float | None = None,
+    num_cpus_per_worker: float = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """Encode `source` on a Ray actor pool; yields numpy batches (its columns + ``embedding``) in row order.
 
     Args:
@@ -158,8 +175,15 @@ def encoded_batches(source: Any, encoder: EncoderSpec, *, num_workers: int = 2, 
     ds = _dataset(source)
     _check_columns(ds)
     with _preserve_order():
-        encoded = ds.map_batches(_EncodeActor, fn_constructor_args=(encoder, batch_size), batch_size=batch_size,
-                                 batch_format="numpy", concurrency=num_workers, num_gpus=gpus, num_cpus=cpus)
+        encoded = ds.map_batches(
+            _EncodeActor,
+            fn_constructor_args=(encoder, batch_size),
+            batch_size=batch_size,
+            batch_format="numpy",
+            concurrency=num_workers,
+            num_gpus=gpus,
+            num_cpus=cpus,
+        )
         yield from encoded.iter_batches(batch_size=batch_size, batch_format="numpy")
 
 
@@ -170,26 +194,39 @@ def _metadata(value: Any, row: int) -> dict:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise ValueError(f"source: metadata of row {row}: expected a JSON object string, got {value[:60]!r} "
-                             f"({e.msg})") from e
+            raise ValueError(
+                f"source: metadata of row {row}: expected a JSON object string, got {value[:60]!r} ({e.msg})"
+            ) from e
     if not isinstance(value, dict):
         raise ValueError(f"source: metadata of row {row}: expected a dict or JSON object, got {type(value).__name__}")
     return {k: v for k, v in value.items() if v is not None}
 
 
-def _rows(batch: dict[str, np.ndarray], start: int) -> tuple[list[str], list[str], list, list[dict]]:
+def _rows(batch: dict[str, np.ndarray], start: int) -> tuple[list, list, list, list]:
     n = len(batch["id"])
     ids = [str(i) for i in batch["id"]]
     texts = [str(t) for t in batch["text"]]
     titles = [None if t is None else str(t) for t in batch["title"]] if "title" in batch else [None] * n
-    metas = ([_metadata(m, start + i) for i, m in enumerate(batch["metadata"])]
-             if "metadata" in batch else [{} for _ in range(n)])
+    metas = (
+        [_metadata(m, start + i) for i, m in enumerate(batch["metadata"])]
+        if "metadata" in batch
+        else [{} for _ in range(n)]
+    )
     return ids, texts, titles, metas
 
 
-def build_index_ray(source: Any, encoder: EncoderSpec, *, num_workers: int = 2, batch_size: int = 64,
-                    num_gpus_per_worker: Optional[float] = None, num_cpus_per_worker: float = 1,
-                    index_factory: str = "Flat", nprobe: Optional[int] = None, encoder_name: Optional[str] = None):
+def build_index_ray(
+    source: Any,
+    encoder: EncoderSpec,
+    *,
+    num_workers: int = 2,
+    batch_size: int = 64,
+    num_gpus_per_worker: float | None = None,
+    num_cpus_per_worker: float = 1,
+    index_factory: str = "Flat",
+    nprobe: int | None = None,
+    encoder_name: str | None = None,
+):
     """A `DocumentIndex` over `source`, encoded on a Ray actor pool (see the module docstring).
 
     Equals `DocumentIndex.from_texts(texts, encoder, ids=..., titles=..., metadatas=...)` over the
@@ -211,26 +248,41 @@ def build_index_ray(source: Any, encoder: EncoderSpec, *, num_workers: int = 2, 
 
     columns: dict[str, list] = {"ids": [], "texts": [], "titles": [], "metas": []}
     vectors = []
-    for batch in encoded_batches(source, encoder, num_workers=num_workers, batch_size=batch_size,
-                                 num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker):
-        for key, values in zip(columns, _rows(batch, len(columns["ids"]))):
+    for batch in encoded_batches(
+        source,
+        encoder,
+        num_workers=num_workers,
+        batch_size=batch_size,
+        num_gpus_per_worker=num_gpus_per_worker,
+        num_cpus_per_worker=num_cpus_per_worker,
+    ):
+        for key, values in zip(columns, _rows(batch, len(columns["ids"])), strict=True):
             columns[key].extend(values)
         vectors.append(batch["embedding"])
     if not vectors:
         raise ValueError("source: expected at least one row, got an empty dataset")
     passages = _make_passages(columns["texts"], columns["ids"], columns["titles"], columns["metas"], [])
     name = encoder_name or (encoder if isinstance(encoder, str) else _factory_name(encoder))
-    return DocumentIndex.from_embeddings(passages, np.concatenate(vectors), index_factory=index_factory,
-                                         encoder_name=name, nprobe=nprobe)
+    return DocumentIndex.from_embeddings(
+        passages, np.concatenate(vectors), index_factory=index_factory, encoder_name=name, nprobe=nprobe
+    )
 
 
 def _factory_name(factory: Callable[[], Any]) -> str:
     return getattr(factory, "__qualname__", None) or type(factory).__name__
 
 
-def upsert_ray(source: Any, encoder: EncoderSpec, store: Any, *, num_workers: int = 2, batch_size: int = 64,
-               num_gpus_per_worker: Optional[float] = None, num_cpus_per_worker: float = 1,
-               title_key: str = "title") -> int:
+def upsert_ray(
+    source: Any,
+    encoder: EncoderSpec,
+    store: Any,
+    *,
+    num_workers: int = 2,
+    batch_size: int = 64,
+    num_gpus_per_worker: float | None = None,
+    num_cpus_per_worker: float = 1,
+    title_key: str = "title",
+) -> int:
     """Encode `source` on a Ray actor pool and upsert it into a store backend, batch by batch (streaming).
 
     Args:
@@ -247,10 +299,16 @@ def upsert_ray(source: Any, encoder: EncoderSpec, store: Any, *, num_workers: in
     if not callable(getattr(store, "upsert", None)):
         raise ValueError(f"store: expected a store backend with upsert(StoreRows), got {type(store).__name__}")
     done = 0
-    for batch in encoded_batches(source, encoder, num_workers=num_workers, batch_size=batch_size,
-                                 num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker):
+    for batch in encoded_batches(
+        source,
+        encoder,
+        num_workers=num_workers,
+        batch_size=batch_size,
+        num_gpus_per_worker=num_gpus_per_worker,
+        num_cpus_per_worker=num_cpus_per_worker,
+    ):
         ids, texts, titles, metas = _rows(batch, done)
-        metas = [{**m, **({title_key: t} if t is not None else {})} for m, t in zip(metas, titles)]
+        metas = [{**m, **({title_key: t} if t is not None else {})} for m, t in zip(metas, titles, strict=True)]
         store.upsert(StoreRows(ids, batch["embedding"], texts, metas))
         done += len(ids)
     return done

@@ -16,12 +16,13 @@ exception at the first boundary after it failed, and `train_rag` stops there.
 The rebuilt index keeps the old one's factory and search settings (`nprobe`,
 `ef_search`).
 """
+
 from __future__ import annotations
 
 import copy
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 from contextflow_core.retrieval.index import DocumentIndex
 
@@ -34,9 +35,14 @@ class IndexRefreshError(RuntimeError):
 
 def rebuild_index(old: DocumentIndex, embeddings) -> DocumentIndex:
     """A new index over `old`'s passages holding (N, D) `embeddings`, with `old`'s factory and search settings."""
-    return DocumentIndex.from_embeddings(old.passages, embeddings, index_factory=old.index_factory,
-                                         encoder_name=old.encoder_name, nprobe=old.nprobe,
-                                         ef_search=old.ef_search)
+    return DocumentIndex.from_embeddings(
+        old.passages,
+        embeddings,
+        index_factory=old.index_factory,
+        encoder_name=old.encoder_name,
+        nprobe=old.nprobe,
+        ef_search=old.ef_search,
+    )
 
 
 class IndexRefresher:
@@ -56,9 +62,9 @@ class IndexRefresher:
         self.background = background
         self.batch_size = batch_size
         self.records: list[dict[str, Any]] = []
-        self._thread: Optional[threading.Thread] = None
-        self._result: Optional[dict[str, Any]] = None
-        self._error: Optional[tuple[dict[str, Any], BaseException]] = None
+        self._thread: threading.Thread | None = None
+        self._result: dict[str, Any] | None = None
+        self._error: tuple[dict[str, Any], BaseException] | None = None
 
     @property
     def busy(self) -> bool:
@@ -90,10 +96,15 @@ class IndexRefresher:
         embeddings = snapshot.encode([p.text for p in passages], batch_size=self.batch_size)
         index = rebuild_index(old, embeddings)
         seconds = time.perf_counter() - start
-        return {**job, "index": index, "seconds": seconds, "passages": len(passages),
-                "passages_per_s": len(passages) / max(seconds, 1e-9)}
+        return {
+            **job,
+            "index": index,
+            "seconds": seconds,
+            "passages": len(passages),
+            "passages_per_s": len(passages) / max(seconds, 1e-9),
+        }
 
-    def swap_if_ready(self, step: int, wait: bool = False) -> Optional[dict]:
+    def swap_if_ready(self, step: int, wait: bool = False) -> dict | None:
         """Swap in a finished rebuild; returns its record (None when nothing was swapped).
 
         Raises:
@@ -109,7 +120,8 @@ class IndexRefresher:
             raise IndexRefreshError(
                 f"index refresh started at step {job['step_started']} failed at step {step}: "
                 f"{type(error).__name__}: {error}; training stopped (the last checkpoint is kept). "
-                "Fix the context encoder or the corpus, or set refresh_index_steps=None") from error
+                "Fix the context encoder or the corpus, or set refresh_index_steps=None"
+            ) from error
         result, self._result = self._result, None
         if result is None:
             return None

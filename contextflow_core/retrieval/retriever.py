@@ -7,9 +7,11 @@ scores itself from `Retrieved.embeddings`.
 
 Shapes: B questions, K passages each, D embedding size.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,21 +47,28 @@ class Retriever:
         [['3', '1', '0']]
     """
 
-    def __init__(self, index: Any, encoder: Any = None, *, k: int = 5,
-                 strategy: Any = "dense", title_key: str = "title") -> None:
+    def __init__(
+        self, index: Any, encoder: Any = None, *, k: int = 5, strategy: Any = "dense", title_key: str = "title"
+    ) -> None:
         if is_backend(index):
             index = StoreIndex(index, title_key)
         elif not isinstance(index, (DocumentIndex, StoreIndex)):
-            raise ValueError(f"index: expected a DocumentIndex or a vector-store backend (search(query_vectors, k), "
-                             f"count(), dim, name; see contextflow_core.retrieval.store), got {type(index).__name__}")
+            raise ValueError(
+                f"index: expected a DocumentIndex or a vector-store backend (search(query_vectors, k), "
+                f"count(), dim, name; see contextflow_core.retrieval.store), got {type(index).__name__}"
+            )
         elif title_key != "title":
-            raise ValueError(f"title_key: only a store-backed retriever reads titles from metadata, got "
-                             f"{title_key!r} with a {type(index).__name__}; drop title_key")
+            raise ValueError(
+                f"title_key: only a store-backed retriever reads titles from metadata, got "
+                f"{title_key!r} with a {type(index).__name__}; drop title_key"
+            )
         enc_dim = getattr(encoder, "dim", None)
         if isinstance(enc_dim, int) and enc_dim != index.dim:
-            raise ValueError(f"encoder: expected embeddings of dimension {index.dim} (the "
-                             f"{'store' if isinstance(index, StoreIndex) else 'index'}'s), "
-                             f"got an encoder of dimension {enc_dim}")
+            raise ValueError(
+                f"encoder: expected embeddings of dimension {index.dim} (the "
+                f"{'store' if isinstance(index, StoreIndex) else 'index'}'s), "
+                f"got an encoder of dimension {enc_dim}"
+            )
         self._index = index
         self._encoder = encoder
         self.k = _check_k(k)
@@ -84,11 +93,13 @@ class Retriever:
         """The question encoder (None when only `search` is used)."""
         return self._encoder
 
-    def retrieve(self, questions: Sequence[str], k: Optional[int] = None) -> Retrieved:
+    def retrieve(self, questions: Sequence[str], k: int | None = None) -> Retrieved:
         """Encode `questions` and return their top-k passages (k defaults to `self.k`)."""
         if self._encoder is None:
-            raise ValueError("encoder: expected a question encoder to embed questions, got None; "
-                             "build the Retriever with encoder=... or call search() with embeddings")
+            raise ValueError(
+                "encoder: expected a question encoder to embed questions, got None; "
+                "build the Retriever with encoder=... or call search() with embeddings"
+            )
         if isinstance(questions, str):
             raise ValueError("questions: expected a list of strings, got a single string; wrap it in a list")
         questions = list(questions)
@@ -97,25 +108,31 @@ class Retriever:
                 raise ValueError(f"questions: expected strings, got {type(q).__name__} at position {i}")
         return self.search(self._encoder.encode(questions), k)
 
-    def search(self, query_embeddings: ArrayLike, k: Optional[int] = None) -> Retrieved:
+    def search(self, query_embeddings: ArrayLike, k: int | None = None) -> Retrieved:
         """Top-k passages for (B, D) query embeddings (delegates to `DocumentIndex.search`)."""
         return self._index.search(query_embeddings, self.k if k is None else k)
 
     def set_index(self, index: DocumentIndex) -> None:
         """Replace the index (same dimension), e.g. after a refresh; derived structures rebuild."""
         if isinstance(self._index, StoreIndex):
-            raise ValueError(f"index: this retriever searches the store {self._index.name!r}; refresh the store "
-                             "in place (contextflow_core.retrieval.store_refresh) instead of swapping an index")
+            raise ValueError(
+                f"index: this retriever searches the store {self._index.name!r}; refresh the store "
+                "in place (contextflow_core.retrieval.store_refresh) instead of swapping an index"
+            )
         if not isinstance(index, DocumentIndex) or index.dim != self._index.dim:
-            raise ValueError(f"index: expected a DocumentIndex of dimension {self._index.dim}, "
-                             f"got {type(index).__name__} of dimension {getattr(index, 'dim', None)}")
+            raise ValueError(
+                f"index: expected a DocumentIndex of dimension {self._index.dim}, "
+                f"got {type(index).__name__} of dimension {getattr(index, 'dim', None)}"
+            )
         self._index = index
         self._bm25 = None
 
     def candidates(self, questions: Sequence[str], query_embeddings: ArrayLike, k: int) -> Retrieved:
         """The k passages per question chosen by `self.strategy` (the model re-scores them with gradient)."""
-        queries = np.asarray(query_embeddings.detach().cpu() if hasattr(query_embeddings, "detach")
-                             else query_embeddings, dtype=np.float32)
+        queries = np.asarray(
+            query_embeddings.detach().cpu() if hasattr(query_embeddings, "detach") else query_embeddings,
+            dtype=np.float32,
+        )
         if isinstance(self._index, StoreIndex):
             return select_from_store(self._index, questions, queries, _check_k(k), self.strategy)
         return select(self._index, questions, queries, _check_k(k), self.strategy, self._lexical())
@@ -150,5 +167,7 @@ def as_retriever(obj: Any, encoder: Any = None, *, k: int = 5) -> Retriever:
         return obj
     if isinstance(obj, DocumentIndex) or is_backend(obj):
         return Retriever(obj, encoder, k=k)
-    raise TypeError(f"retriever: expected a Retriever or a DocumentIndex (or a vector-store backend, see "
-                    f"contextflow_core.retrieval.store), got {type(obj).__name__}")
+    raise TypeError(
+        f"retriever: expected a Retriever or a DocumentIndex (or a vector-store backend, see "
+        f"contextflow_core.retrieval.store), got {type(obj).__name__}"
+    )

@@ -15,10 +15,11 @@ Example:
     >>> report.min_cosine  # doctest: +SKIP
     0.99999
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -56,16 +57,18 @@ def probe_rows(backend: Any, probe: int) -> StoreRows:
         batch = next(iter(backend.iter_rows(probe)), None)
         if batch is not None:
             ids, vectors, texts, metadata = batch
-            return StoreRows(list(ids)[:probe], np.asarray(vectors, np.float32)[:probe], list(texts)[:probe],
-                             list(metadata)[:probe])
+            return StoreRows(
+                list(ids)[:probe], np.asarray(vectors, np.float32)[:probe], list(texts)[:probe], list(metadata)[:probe]
+            )
         return StoreRows([], np.zeros((0, backend.dim), np.float32), [], [])
     # No iteration: search with a neutral query and take the hits' own stored vectors.
     k = min(probe, int(backend.count()))
     if k == 0:
         return StoreRows([], np.zeros((0, backend.dim), np.float32), [], [])
     hits = backend.search(np.full((1, backend.dim), 1.0 / np.sqrt(backend.dim), np.float32), k)
-    return StoreRows(list(hits.ids[0]), np.asarray(hits.vectors[0], np.float32), list(hits.texts[0]),
-                     list(hits.metadata[0]))
+    return StoreRows(
+        list(hits.ids[0]), np.asarray(hits.vectors[0], np.float32), list(hits.texts[0]), list(hits.metadata[0])
+    )
 
 
 def _cosines(stored: np.ndarray, fresh: np.ndarray) -> np.ndarray:
@@ -74,14 +77,18 @@ def _cosines(stored: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-12)
 
 
-def _mismatch(store: str, encoder: str, seen: str, hint: Optional[str]) -> ValueError:
-    need = (f"the store names {hint!r} as the model that embedded it" if hint
-            else "the store does not name the model that embedded it")
+def _mismatch(store: str, encoder: str, seen: str, hint: str | None) -> ValueError:
+    need = (
+        f"the store names {hint!r} as the model that embedded it"
+        if hint
+        else "the store does not name the model that embedded it"
+    )
     return ValueError(
         f"store: the vectors of {store!r} do not come from the passage encoder {encoder!r} ({seen}); {need}. "
         "Training in place needs the encoder that made the stored vectors: pass that model as the encoder "
         "(e.g. contextflow_integrations.stores.encoder_from_embeddings(<the store's embeddings>)), or use the "
-        "copy path (mode=\"copy\": re-embed the passages into a private index); store_check=False skips this check")
+        'copy path (mode="copy": re-embed the passages into a private index); store_check=False skips this check'
+    )
 
 
 def check_embedding_space(backend: Any, encoder: Any, *, probe: int = 8, min_cosine: float = 0.99) -> SpaceReport:
@@ -120,6 +127,7 @@ def check_embedding_space(backend: Any, encoder: Any, *, probe: int = 8, min_cos
     report = SpaceReport(store, name, len(rows.ids), [float(c) for c in cos], [str(i) for i in rows.ids])
     if report.min_cosine < min_cosine:
         worst = int(np.argmin(cos))
-        raise _mismatch(store, name, f"cosine {report.min_cosine:.4f} for row {rows.ids[worst]!r}, "
-                        f"expected >= {min_cosine}", hint)
+        raise _mismatch(
+            store, name, f"cosine {report.min_cosine:.4f} for row {rows.ids[worst]!r}, expected >= {min_cosine}", hint
+        )
     return report

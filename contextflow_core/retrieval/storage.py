@@ -12,11 +12,13 @@ index is a directory written atomically, no pickle anywhere:
 Loading reads only files the manifest lists and refuses a folder holding any
 file it does not list (or a manifest entry pointing outside the folder).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -29,7 +31,11 @@ from contextflow_core.types import Passage
 FORMAT_VERSION = 1
 METRIC = "inner_product"
 FAISS_FILE, PASSAGES_FILE, EMBEDDINGS_FILE, MANIFEST_FILE = (
-    "index.faiss", "passages.jsonl", "embeddings.safetensors", "manifest.json")
+    "index.faiss",
+    "passages.jsonl",
+    "embeddings.safetensors",
+    "manifest.json",
+)
 
 
 def _faiss_reason(e: Exception) -> str:
@@ -65,12 +71,15 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: manifest is not valid JSON (truncated or corrupted?): {e}") from e
     found = (manifest.get("kind") or manifest_kind(manifest)) if isinstance(manifest, dict) else None
     if found not in (INDEX, None):
-        raise ValueError(f"{path}: {directory} holds a {label(found)}, not a saved DocumentIndex "
-                         "(RAGSequence.from_pretrained loads a saved RAG model)")
+        raise ValueError(
+            f"{path}: {directory} holds a {label(found)}, not a saved DocumentIndex "
+            "(RAGSequence.from_pretrained loads a saved RAG model)"
+        )
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise ValueError(
-            f"{path}: format_version {version!r} is not supported (this contextflow reads {FORMAT_VERSION})")
+            f"{path}: format_version {version!r} is not supported (this contextflow reads {FORMAT_VERSION})"
+        )
     missing = [key for key in ("dim", "count", "index_factory", "metric", "files") if key not in manifest]
     if missing:
         raise ValueError(f"{path}: manifest lacks {missing}")
@@ -87,14 +96,18 @@ def _check_listing(directory: Path, manifest: dict) -> None:
     check_manifest_paths(directory, manifest["files"])
     extra = unlisted_files(directory, manifest["files"])
     if extra:
-        raise ValueError(f"{directory}: holds {extra}, not listed in its {MANIFEST_FILE}; a saved index is loaded "
-                         "only from the files it lists. Remove them or save the index again")
+        raise ValueError(
+            f"{directory}: holds {extra}, not listed in its {MANIFEST_FILE}; a saved index is loaded "
+            "only from the files it lists. Remove them or save the index again"
+        )
 
 
-def _check_expected(directory: Path, manifest: dict, encoder_name: Optional[str], dim: Optional[int]) -> None:
+def _check_expected(directory: Path, manifest: dict, encoder_name: str | None, dim: int | None) -> None:
     if encoder_name is not None and manifest.get("encoder_name") != encoder_name:
-        raise ValueError(f"{directory}: index was built with encoder {manifest.get('encoder_name')!r}, "
-                         f"expected_encoder_name is {encoder_name!r}; rebuild the index with this encoder")
+        raise ValueError(
+            f"{directory}: index was built with encoder {manifest.get('encoder_name')!r}, "
+            f"expected_encoder_name is {encoder_name!r}; rebuild the index with this encoder"
+        )
     if dim is not None and manifest["dim"] != dim:
         raise ValueError(f"{directory}: index has dimension {manifest['dim']}, expected_dim is {dim}")
 
@@ -131,8 +144,10 @@ def _parse_embeddings(data: bytes, count: int, dim: int, directory: Path) -> np.
     except Exception as e:  # safetensors raises its own error type for malformed headers
         raise ValueError(f"{directory / EMBEDDINGS_FILE}: unreadable safetensors file: {e}") from e
     if embeddings.shape != (count, dim):
-        raise ValueError(f"{directory / EMBEDDINGS_FILE}: expected shape ({count}, {dim}) from the manifest, "
-                         f"got {tuple(embeddings.shape)}")
+        raise ValueError(
+            f"{directory / EMBEDDINGS_FILE}: expected shape ({count}, {dim}) from the manifest, "
+            f"got {tuple(embeddings.shape)}"
+        )
     return embeddings
 
 
@@ -142,6 +157,8 @@ def _parse_faiss(data: bytes, count: int, dim: int, directory: Path) -> faiss.In
     except RuntimeError as e:
         raise ValueError(f"{directory / FAISS_FILE}: unreadable faiss index: {_faiss_reason(e)}") from e
     if index.ntotal != count or index.d != dim:
-        raise ValueError(f"{directory / FAISS_FILE}: expected {count} vectors of dimension {dim} from the manifest, "
-                         f"got {index.ntotal} of dimension {index.d}")
+        raise ValueError(
+            f"{directory / FAISS_FILE}: expected {count} vectors of dimension {dim} from the manifest, "
+            f"got {index.ntotal} of dimension {index.d}"
+        )
     return index

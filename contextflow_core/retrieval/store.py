@@ -50,11 +50,13 @@ Example:
     >>> backend.search(encoder.encode(["Who founded Tarsk?"]), k=1).ids  # doctest: +SKIP
     [['0']]
 """
+
 from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Iterator, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -115,10 +117,12 @@ def require(backend: Any, capabilities: Sequence[str], purpose: str) -> None:
     """Raise ValueError naming the store and the missing capabilities `purpose` needs."""
     missing = [c for c in capabilities if not callable(getattr(backend, c, None))]
     if missing:
-        raise ValueError(f"store: {purpose} needs a backend with {', '.join(missing)}(), got "
-                         f"{getattr(backend, 'name', type(backend).__name__)!r} ({type(backend).__name__}) without it; "
-                         "use a backend that offers it (see contextflow_core.retrieval.store) or the copy path "
-                         "(a DocumentIndex)")
+        raise ValueError(
+            f"store: {purpose} needs a backend with {', '.join(missing)}(), got "
+            f"{getattr(backend, 'name', type(backend).__name__)!r} ({type(backend).__name__}) without it; "
+            "use a backend that offers it (see contextflow_core.retrieval.store) or the copy path "
+            "(a DocumentIndex)"
+        )
 
 
 def _check_batch_size(batch_size: Any) -> int:
@@ -158,9 +162,16 @@ class InMemoryBackend:
         [['b']]
     """
 
-    def __init__(self, ids: Sequence[str], vectors: Any, texts: Sequence[str],
-                 metadata: Optional[Sequence[Optional[dict]]] = None, *, name: str = "default",
-                 embedding_model_hint: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        ids: Sequence[str],
+        vectors: Any,
+        texts: Sequence[str],
+        metadata: Sequence[dict | None] | None = None,
+        *,
+        name: str = "default",
+        embedding_model_hint: str | None = None,
+    ) -> None:
         texts = _check_texts(texts)
         ids = list(ids) if not isinstance(ids, str) else ids
         if isinstance(ids, str) or len(ids) != len(texts):
@@ -180,9 +191,16 @@ class InMemoryBackend:
         self.promoted = 0  # how many times `promote` switched the rows
 
     @classmethod
-    def from_texts(cls, texts: Sequence[str], encoder: Any, *, ids: Optional[Sequence[str]] = None,
-                   metadata: Optional[Sequence[Optional[dict]]] = None, name: str = "default",
-                   batch_size: int = 64) -> "InMemoryBackend":
+    def from_texts(
+        cls,
+        texts: Sequence[str],
+        encoder: Any,
+        *,
+        ids: Sequence[str] | None = None,
+        metadata: Sequence[dict | None] | None = None,
+        name: str = "default",
+        batch_size: int = 64,
+    ) -> InMemoryBackend:
         """Embed `texts` with `encoder.encode` and store them (ids default to "0", "1", ...)."""
         from contextflow_core.retrieval.checks import _encode, _encoder_name
 
@@ -192,15 +210,21 @@ class InMemoryBackend:
         return cls(ids, vectors, texts, metadata, name=name, embedding_model_hint=_encoder_name(encoder))
 
     @classmethod
-    def from_index(cls, index: Any, *, name: str = "default", title_key: str = "title") -> "InMemoryBackend":
+    def from_index(cls, index: Any, *, name: str = "default", title_key: str = "title") -> InMemoryBackend:
         """The rows of a `DocumentIndex` (titles go to `metadata[title_key]`)."""
         meta = [{**p.metadata, **({title_key: p.title} if p.title is not None else {})} for p in index.passages]
-        return cls(index.ids, index.embeddings.numpy(), [p.text for p in index.passages], meta, name=name,
-                   embedding_model_hint=index.encoder_name)
+        return cls(
+            index.ids,
+            index.embeddings.numpy(),
+            [p.text for p in index.passages],
+            meta,
+            name=name,
+            embedding_model_hint=index.encoder_name,
+        )
 
     @property
     def name(self) -> str:
-        """"memory:<name>"."""
+        """ "memory:<name>"."""
         return f"memory:{self._name}"
 
     @property
@@ -218,8 +242,9 @@ class InMemoryBackend:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
         if k > self.count():
-            raise ValueError(f"k: expected at most the {self.count()} rows of the store {self.name!r}, got {k}; "
-                             "lower k (num_docs)")
+            raise ValueError(
+                f"k: expected at most the {self.count()} rows of the store {self.name!r}, got {k}; lower k (num_docs)"
+            )
         scores = queries @ self._vectors.T  # (B, N)
         rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (B, K)
         return StoreHits(
@@ -237,18 +262,20 @@ class InMemoryBackend:
         ids = list(ids)
         missing = [i for i in ids if i not in self._rows]
         if missing:
-            raise KeyError(f"ids: {len(missing)} of {len(ids)} ids are not in the store {self.name!r}, "
-                           f"e.g. {missing[:3]}")
+            raise KeyError(
+                f"ids: {len(missing)} of {len(ids)} ids are not in the store {self.name!r}, e.g. {missing[:3]}"
+            )
         rows = [self._rows[i] for i in ids]
-        return StoreRows(ids, self._vectors[rows].copy(), [self._texts[r] for r in rows],
-                         [dict(self._meta[r]) for r in rows])
+        return StoreRows(
+            ids, self._vectors[rows].copy(), [self._texts[r] for r in rows], [dict(self._meta[r]) for r in rows]
+        )
 
     def iter_rows(self, batch_size: int = 1000) -> Iterator[StoreRows]:
         """Every row once, in insertion order, `batch_size` at a time."""
         batch_size = _check_batch_size(batch_size)
         ids = list(self._ids)
         for start in range(0, len(ids), batch_size):
-            yield self.get(ids[start:start + batch_size])
+            yield self.get(ids[start : start + batch_size])
 
     def upsert(self, rows: StoreRows) -> None:
         """Insert or replace rows by id."""
@@ -257,36 +284,49 @@ class InMemoryBackend:
         ids, texts = list(rows.ids), list(rows.texts)
         _check_ids(ids, "rows.ids")
         if len(texts) != len(ids) or len(rows.metadata) != len(ids):
-            raise ValueError(f"rows: expected {len(ids)} texts and metadata dicts, one per id, "
-                             f"got {len(texts)} and {len(rows.metadata)}")
+            raise ValueError(
+                f"rows: expected {len(ids)} texts and metadata dicts, one per id, "
+                f"got {len(texts)} and {len(rows.metadata)}"
+            )
         vectors = _as_matrix("rows.vectors", rows.vectors, rows=len(ids), dim=self.dim)
-        for i, (pid, text, meta) in enumerate(zip(ids, texts, rows.metadata)):
+        for i, (pid, text, meta) in enumerate(zip(ids, texts, rows.metadata, strict=True)):
             row = self._rows.get(pid)
             if row is None:
                 row = self._rows[pid] = len(self._ids)
                 self._ids.append(pid)
                 self._texts.append(text)
                 self._meta.append({})
-                self._vectors = np.concatenate([self._vectors, vectors[i:i + 1]])
+                self._vectors = np.concatenate([self._vectors, vectors[i : i + 1]])
             self._vectors[row], self._texts[row] = vectors[i], text
             self._meta[row] = _json_dict(f"rows.metadata[{i}]", meta)
 
-    def staging(self) -> "InMemoryBackend":
+    def staging(self) -> InMemoryBackend:
         """A new, empty backend of the same dimension and name, to fill with `upsert` and then `promote`."""
         empty = copy.copy(self)
         empty._vectors, empty._ids, empty._texts, empty._meta, empty._rows = (
-            np.zeros((0, self.dim), np.float32), [], [], [], {})
+            np.zeros((0, self.dim), np.float32),
+            [],
+            [],
+            [],
+            {},
+        )
         empty.promoted = 0
         return empty
 
-    def promote(self, staging: "InMemoryBackend") -> None:
+    def promote(self, staging: InMemoryBackend) -> None:
         """Switch this backend's rows to `staging`'s in one assignment."""
         if not isinstance(staging, InMemoryBackend) or staging.dim != self.dim:
-            raise ValueError(f"staging: expected an InMemoryBackend of dimension {self.dim} from staging(), "
-                             f"got {type(staging).__name__}")
+            raise ValueError(
+                f"staging: expected an InMemoryBackend of dimension {self.dim} from staging(), "
+                f"got {type(staging).__name__}"
+            )
         self._vectors, self._ids, self._texts, self._meta, self._rows = (
-            staging._vectors.copy(), list(staging._ids), list(staging._texts), [dict(m) for m in staging._meta],
-            dict(staging._rows))
+            staging._vectors.copy(),
+            list(staging._ids),
+            list(staging._texts),
+            [dict(m) for m in staging._meta],
+            dict(staging._rows),
+        )
         self.promoted += 1
 
     def __repr__(self) -> str:

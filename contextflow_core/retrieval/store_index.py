@@ -17,10 +17,12 @@ What works over a store, and what does not:
 
 Shapes: B queries, P candidates, K kept, D embedding size.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,20 +35,31 @@ from contextflow_core.types import Passage, Retrieved
 STORE_STRATEGIES = ("dense", "pool", "mmr")
 
 
-def _title(value: Any) -> Optional[str]:
+def _title(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
 def hits_to_retrieved(hits: StoreHits, title_key: str = "title") -> Retrieved:
     """`Retrieved` from a backend's hits: Passage(id, text, title=metadata[title_key], other metadata)."""
-    passages = [[Passage(id=str(i), text=str(t), title=_title(m.get(title_key)),
-                         metadata={k: v for k, v in m.items() if k != title_key})
-                 for i, t, m in zip(ids, texts, metas)]
-                for ids, texts, metas in zip(hits.ids, hits.texts, hits.metadata)]
+    passages = [
+        [
+            Passage(
+                id=str(i),
+                text=str(t),
+                title=_title(m.get(title_key)),
+                metadata={k: v for k, v in m.items() if k != title_key},
+            )
+            for i, t, m in zip(ids, texts, metas, strict=True)
+        ]
+        for ids, texts, metas in zip(hits.ids, hits.texts, hits.metadata, strict=True)
+    ]
     vectors = np.ascontiguousarray(hits.vectors, dtype=np.float32)  # (B, K, D)
-    return Retrieved(ids=[[p.id for p in row] for row in passages],
-                     scores=torch.from_numpy(np.ascontiguousarray(hits.scores, dtype=np.float32)),
-                     embeddings=torch.from_numpy(vectors), passages=passages)
+    return Retrieved(
+        ids=[[p.id for p in row] for row in passages],
+        scores=torch.from_numpy(np.ascontiguousarray(hits.scores, dtype=np.float32)),
+        embeddings=torch.from_numpy(vectors),
+        passages=passages,
+    )
 
 
 class StoreIndex:
@@ -62,14 +75,15 @@ class StoreIndex:
             raise ValueError(f"title_key: expected a non-empty metadata key, got {title_key!r}")
         dim = getattr(backend, "dim", None)
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
-            raise ValueError(f"store: expected a backend with a positive integer dim, got {dim!r} from "
-                             f"{type(backend).__name__}")
+            raise ValueError(
+                f"store: expected a backend with a positive integer dim, got {dim!r} from {type(backend).__name__}"
+            )
         self.backend = backend
         self.title_key = title_key
         self.version = 0  # bumped by a store refresh, so derived structures know the vectors changed
         #: The progress file of an unfinished in-place refresh (searches warn while it is set).
-        self.refresh_pending: Optional[str] = None
-        self._count: Optional[tuple[int, int]] = None  # (version, rows) for pool sizes
+        self.refresh_pending: str | None = None
+        self._count: tuple[int, int] | None = None  # (version, rows) for pool sizes
 
     @property
     def dim(self) -> int:
@@ -82,7 +96,7 @@ class StoreIndex:
         return str(self.backend.name)
 
     @property
-    def encoder_name(self) -> Optional[str]:
+    def encoder_name(self) -> str | None:
         """The model the store says embedded its rows (`embedding_model_hint`), if it says."""
         return getattr(self.backend, "embedding_model_hint", None)
 
@@ -102,8 +116,10 @@ class StoreIndex:
         return f"StoreIndex(store={self.name!r}, dim={self.dim}, title_key={self.title_key!r})"
 
     def _whole_corpus(self, what: str):
-        raise ValueError(f"index.{what}: the model retrieves from the store {self.name!r}, which is not held in "
-                         "memory; read its rows with model.store.iter_rows(batch_size) (when the backend offers it)")
+        raise ValueError(
+            f"index.{what}: the model retrieves from the store {self.name!r}, which is not held in "
+            "memory; read its rows with model.store.iter_rows(batch_size) (when the backend offers it)"
+        )
 
     @property
     def passages(self) -> list[Passage]:
@@ -128,9 +144,12 @@ class StoreIndex:
         """
         queries = _as_matrix("query_embeddings", query_embeddings, dim=self.dim)  # (B, D)
         if self.refresh_pending is not None:
-            warnings.warn(f"store {self.name!r}: an in-place refresh is unfinished ({self.refresh_pending}), so some "
-                          "rows hold new vectors and some old ones; rerun refresh_store with that progress_dir "
-                          "(or train_rag with the same output_dir) to finish it", stacklevel=2)
+            warnings.warn(
+                f"store {self.name!r}: an in-place refresh is unfinished ({self.refresh_pending}), so some "
+                "rows hold new vectors and some old ones; rerun refresh_store with that progress_dir "
+                "(or train_rag with the same output_dir) to finish it",
+                stacklevel=2,
+            )
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
         hits = _check_hits(self.backend.search(queries, int(k)), len(queries), int(k), self.dim, self.name)
@@ -139,14 +158,18 @@ class StoreIndex:
 
 def _check_hits(found: Any, b: int, k: int, dim: int, name: str) -> StoreHits:
     if not isinstance(found, tuple) or len(found) != 5:
-        raise ValueError(f"store {name!r}: search must return StoreHits(ids, scores, vectors, texts, metadata), "
-                         f"got {type(found).__name__}")
+        raise ValueError(
+            f"store {name!r}: search must return StoreHits(ids, scores, vectors, texts, metadata), "
+            f"got {type(found).__name__}"
+        )
     hits = StoreHits(*found)
     shape = np.shape(hits.vectors)
     if shape != (b, k, dim) or np.shape(hits.scores) != (b, k) or len(hits.ids) != b:
-        raise ValueError(f"store {name!r}: search returned vectors of shape {shape} and scores of shape "
-                         f"{np.shape(hits.scores)}, expected ({b}, {k}, {dim}) and ({b}, {k}); a backend must "
-                         "return k hits per query with their stored vectors")
+        raise ValueError(
+            f"store {name!r}: search returned vectors of shape {shape} and scores of shape "
+            f"{np.shape(hits.scores)}, expected ({b}, {k}, {dim}) and ({b}, {k}); a backend must "
+            "return k hits per query with their stored vectors"
+        )
     return hits
 
 
@@ -156,8 +179,7 @@ def _subset(found: Retrieved, keep: list[list[int]], queries: np.ndarray) -> Ret
     emb = torch.stack([found.embeddings[b, row] for b, row in enumerate(keep)])  # (B, K, D)
     passages = [[found.passages[b][i] for i in row] for b, row in enumerate(keep)]
     scores = torch.einsum("bd,bkd->bk", torch.from_numpy(queries), emb)
-    return Retrieved(ids=[[p.id for p in row] for row in passages], scores=scores, embeddings=emb,
-                     passages=passages)
+    return Retrieved(ids=[[p.id for p in row] for row in passages], scores=scores, embeddings=emb, passages=passages)
 
 
 def _pool_size(view: StoreIndex, k: int, cfg) -> int:
@@ -199,9 +221,11 @@ _STORE_SELECT: dict[str, Callable[..., Retrieved]] = {"dense": _dense, "pool": _
 def check_store_strategy(name: str, store_name: str) -> None:
     """Refuse, by name, a strategy that needs the whole corpus in memory."""
     if name not in _STORE_SELECT:
-        raise ValueError(f"strategy: {name!r} needs every passage in memory (BM25 over the corpus), which a "
-                         f"store-backed retriever over {store_name!r} does not have; use one of "
-                         f"{list(STORE_STRATEGIES)}, or copy the passages into a DocumentIndex")
+        raise ValueError(
+            f"strategy: {name!r} needs every passage in memory (BM25 over the corpus), which a "
+            f"store-backed retriever over {store_name!r} does not have; use one of "
+            f"{list(STORE_STRATEGIES)}, or copy the passages into a DocumentIndex"
+        )
 
 
 def select_from_store(view: StoreIndex, questions: Sequence[str], queries: np.ndarray, k: int, cfg) -> Retrieved:

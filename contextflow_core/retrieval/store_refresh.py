@@ -31,6 +31,7 @@ Example:
     >>> record["rows"], record["mode"]  # doctest: +SKIP
     (1000, 'upsert')
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,9 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -62,7 +64,7 @@ def encoder_fingerprint(encoder: Any) -> str:
     return h.hexdigest()
 
 
-def read_progress(progress_dir: Union[str, Path]) -> Optional[dict]:
+def read_progress(progress_dir: str | Path) -> dict | None:
     """The refresh progress recorded in `progress_dir` (None when there is none)."""
     path = Path(progress_dir) / PROGRESS_FILE
     if not path.is_file():
@@ -72,8 +74,10 @@ def read_progress(progress_dir: Union[str, Path]) -> Optional[dict]:
     except ValueError as e:
         raise ValueError(f"{path}: not valid JSON (truncated or corrupted?): {e}") from e
     if not isinstance(progress, dict) or progress.get("kind") != KIND:
-        raise ValueError(f"progress_dir: {path} is not a ContextFlow store-refresh progress file; "
-                         "choose another progress_dir (ContextFlow never overwrites files it did not write)")
+        raise ValueError(
+            f"progress_dir: {path} is not a ContextFlow store-refresh progress file; "
+            "choose another progress_dir (ContextFlow never overwrites files it did not write)"
+        )
     return progress
 
 
@@ -88,39 +92,58 @@ def _bar(total: int, initial: int, show: bool, name: str):
 
 
 def _encoded(snapshot: Any, rows: StoreRows, batch_size: int) -> StoreRows:
-    vectors = _as_matrix("encoder output", snapshot.encode(list(rows.texts), batch_size=batch_size),
-                         rows=len(rows.ids))
+    vectors = _as_matrix("encoder output", snapshot.encode(list(rows.texts), batch_size=batch_size), rows=len(rows.ids))
     return StoreRows(list(rows.ids), vectors, list(rows.texts), [dict(m) for m in rows.metadata])
 
 
 # ----------------------------------------------------------------------------- upsert
-def _start_or_resume(backend: Any, encoder: Any, progress_dir: Path, batch_size: int,
-                     restart: bool) -> tuple[Any, dict]:
+def _start_or_resume(
+    backend: Any, encoder: Any, progress_dir: Path, batch_size: int, restart: bool
+) -> tuple[Any, dict]:
     """(the snapshot encoder, the progress record) of a new or resumed upsert refresh."""
     progress = read_progress(progress_dir)
     snapshot = copy.deepcopy(encoder).eval()
     if progress is not None and not progress["complete"] and not restart:
         if progress["store"] != backend.name:
-            raise ValueError(f"progress_dir: {progress_dir / PROGRESS_FILE} records an unfinished refresh of the "
-                             f"store {progress['store']!r}, not {backend.name!r}; use that store, another "
-                             "progress_dir, or restart=True")
+            raise ValueError(
+                f"progress_dir: {progress_dir / PROGRESS_FILE} records an unfinished refresh of the "
+                f"store {progress['store']!r}, not {backend.name!r}; use that store, another "
+                "progress_dir, or restart=True"
+            )
         snap = progress_dir / SNAPSHOT_FILE
         if not snap.is_file() or sha256_file(snap) != progress["snapshot_sha256"]:
-            raise ValueError(f"progress_dir: {snap} (the encoder the unfinished refresh started from) is missing or "
-                             "changed; rerun with restart=True to re-embed every row with the given encoder")
+            raise ValueError(
+                f"progress_dir: {snap} (the encoder the unfinished refresh started from) is missing or "
+                "changed; rerun with restart=True to re-embed every row with the given encoder"
+            )
         snapshot.load_state_dict(safetensors.torch.load_file(str(snap)), strict=True)
         if encoder_fingerprint(encoder) != progress["encoder_fingerprint"]:
-            warnings.warn(f"refresh_store: resuming the unfinished refresh of {backend.name!r} with the encoder it "
-                          f"started from ({snap}), not the one given, so every row ends in one encoder's space; "
-                          "pass restart=True to re-embed every row with the given encoder", stacklevel=4)
+            warnings.warn(
+                f"refresh_store: resuming the unfinished refresh of {backend.name!r} with the encoder it "
+                f"started from ({snap}), not the one given, so every row ends in one encoder's space; "
+                "pass restart=True to re-embed every row with the given encoder",
+                stacklevel=4,
+            )
         return snapshot, {**progress, "resumed": True}
     progress_dir.mkdir(parents=True, exist_ok=True)
     blob = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in snapshot.state_dict().items()})
     atomic_write_bytes(progress_dir / SNAPSHOT_FILE, blob)
-    progress = {"kind": KIND, "store": backend.name, "dim": int(backend.dim), "mode": "upsert",
-                "batch_size": batch_size, "total_rows": int(backend.count()), "batches_done": 0, "rows_done": 0,
-                "last_id": None, "complete": False, "encoder_fingerprint": encoder_fingerprint(snapshot),
-                "snapshot_sha256": sha256_bytes(blob), "started": time.time(), "resumed": False}
+    progress = {
+        "kind": KIND,
+        "store": backend.name,
+        "dim": int(backend.dim),
+        "mode": "upsert",
+        "batch_size": batch_size,
+        "total_rows": int(backend.count()),
+        "batches_done": 0,
+        "rows_done": 0,
+        "last_id": None,
+        "complete": False,
+        "encoder_fingerprint": encoder_fingerprint(snapshot),
+        "snapshot_sha256": sha256_bytes(blob),
+        "started": time.time(),
+        "resumed": False,
+    }
     _write_progress(progress_dir, progress)
     return snapshot, progress
 
@@ -128,13 +151,22 @@ def _start_or_resume(backend: Any, encoder: Any, progress_dir: Path, batch_size:
 def _skip(batch: StoreRows, i: int, progress: dict, progress_dir: Path) -> None:
     """Check, on the last finished batch, that the store iterates in the recorded order."""
     if i == progress["batches_done"] - 1 and (not batch.ids or batch.ids[-1] != progress["last_id"]):
-        raise ValueError(f"progress_dir: the store {progress['store']!r} no longer lists its rows in the order of the "
-                         f"unfinished refresh ({progress_dir / PROGRESS_FILE}: batch {i} ended with "
-                         f"{progress['last_id']!r}); rerun with restart=True")
+        raise ValueError(
+            f"progress_dir: the store {progress['store']!r} no longer lists its rows in the order of the "
+            f"unfinished refresh ({progress_dir / PROGRESS_FILE}: batch {i} ended with "
+            f"{progress['last_id']!r}); rerun with restart=True"
+        )
 
 
-def _refresh_upsert(backend: Any, encoder: Any, progress_dir: Optional[Path], batch_size: int, show: bool,
-                    restart: bool, on_batch: Optional[Callable[[int], None]]) -> dict:
+def _refresh_upsert(
+    backend: Any,
+    encoder: Any,
+    progress_dir: Path | None,
+    batch_size: int,
+    show: bool,
+    restart: bool,
+    on_batch: Callable[[int], None] | None,
+) -> dict:
     require(backend, ("iter_rows", "upsert"), "refresh by upsert")
     if progress_dir is None:
         raise ValueError("progress_dir: expected a folder for the resumable progress of an upsert refresh, got None")
@@ -147,8 +179,11 @@ def _refresh_upsert(backend: Any, encoder: Any, progress_dir: Optional[Path], ba
                 _skip(rows, i, progress, progress_dir)
                 continue
             backend.upsert(_encoded(snapshot, rows, bs))
-            progress.update(batches_done=i + 1, rows_done=progress["rows_done"] + len(rows.ids),
-                            last_id=str(rows.ids[-1]) if rows.ids else progress["last_id"])
+            progress.update(
+                batches_done=i + 1,
+                rows_done=progress["rows_done"] + len(rows.ids),
+                last_id=str(rows.ids[-1]) if rows.ids else progress["last_id"],
+            )
             _write_progress(progress_dir, progress)
             bar.update(1)
             if on_batch is not None:
@@ -160,13 +195,25 @@ def _refresh_upsert(backend: Any, encoder: Any, progress_dir: Optional[Path], ba
     snap = progress_dir / SNAPSHOT_FILE
     if snap.is_file() and sha256_file(snap) == progress["snapshot_sha256"]:  # ours, unchanged: no longer needed
         snap.unlink()
-    return {"mode": "upsert", "rows": progress["rows_done"], "batches": progress["batches_done"],
-            "resumed": progress["resumed"], "encoder_fingerprint": progress["encoder_fingerprint"]}
+    return {
+        "mode": "upsert",
+        "rows": progress["rows_done"],
+        "batches": progress["batches_done"],
+        "resumed": progress["resumed"],
+        "encoder_fingerprint": progress["encoder_fingerprint"],
+    }
 
 
 # ----------------------------------------------------------------------------- swap
-def _refresh_swap(backend: Any, encoder: Any, progress_dir: Optional[Path], batch_size: int, show: bool,
-                  restart: bool, on_batch: Optional[Callable[[int], None]]) -> dict:
+def _refresh_swap(
+    backend: Any,
+    encoder: Any,
+    progress_dir: Path | None,
+    batch_size: int,
+    show: bool,
+    restart: bool,
+    on_batch: Callable[[int], None] | None,
+) -> dict:
     require(backend, ("iter_rows", "staging", "promote"), "refresh by swap")
     snapshot = copy.deepcopy(encoder).eval()
     staging, rows_done, batches = backend.staging(), 0, 0
@@ -181,8 +228,14 @@ def _refresh_swap(backend: Any, encoder: Any, progress_dir: Optional[Path], batc
     finally:
         bar.close()
     backend.promote(staging)
-    return {"mode": "swap", "rows": rows_done, "batches": batches, "resumed": False,
-            "encoder_fingerprint": encoder_fingerprint(snapshot), "staging": getattr(staging, "name", None)}
+    return {
+        "mode": "swap",
+        "rows": rows_done,
+        "batches": batches,
+        "resumed": False,
+        "encoder_fingerprint": encoder_fingerprint(snapshot),
+        "staging": getattr(staging, "name", None),
+    }
 
 
 RefreshMode = Callable[..., dict]
@@ -199,9 +252,17 @@ def choose_mode(backend: Any, mode: str) -> str:
     return mode
 
 
-def refresh_store(backend: Any, encoder: Any, progress_dir: Union[str, Path, None] = None, *, mode: str = "auto",
-                  batch_size: int = 256, show_progress: bool = True, restart: bool = False,
-                  on_batch: Optional[Callable[[int], None]] = None) -> dict:
+def refresh_store(
+    backend: Any,
+    encoder: Any,
+    progress_dir: str | Path | None = None,
+    *,
+    mode: str = "auto",
+    batch_size: int = 256,
+    show_progress: bool = True,
+    restart: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
     """Re-embed every row of `backend` with a snapshot of `encoder` and write the vectors back.
 
     Args:
@@ -230,9 +291,7 @@ def refresh_store(backend: Any, encoder: Any, progress_dir: Union[str, Path, Non
     return {**record, "store": backend.name, "seconds": time.perf_counter() - start}
 
 
-def pending_refresh(progress_dir: Union[str, Path]) -> Optional[str]:
+def pending_refresh(progress_dir: str | Path) -> str | None:
     """The progress file of an unfinished refresh in `progress_dir`, else None."""
     progress = read_progress(progress_dir)
     return None if progress is None or progress["complete"] else str(Path(progress_dir) / PROGRESS_FILE)
-
-

@@ -13,10 +13,11 @@ strategy.
 
 Shapes: B questions, P candidates, K kept, D embedding size.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -53,8 +54,12 @@ def _from_rows(index, queries: np.ndarray, rows: list[list[int]]) -> Retrieved:
     passages = [[index.passage_at(r) for r in row] for row in rows]
     emb = np.stack([index.embedding_rows(row) for row in rows])  # (B, K, D)
     scores = np.einsum("bd,bkd->bk", queries, emb)
-    return Retrieved(ids=[[p.id for p in row] for row in passages], scores=torch.from_numpy(scores.astype(np.float32)),
-                     embeddings=torch.from_numpy(emb), passages=passages)
+    return Retrieved(
+        ids=[[p.id for p in row] for row in passages],
+        scores=torch.from_numpy(scores.astype(np.float32)),
+        embeddings=torch.from_numpy(emb),
+        passages=passages,
+    )
 
 
 def _dense(index, questions, queries, k, cfg, bm25) -> Retrieved:
@@ -102,7 +107,8 @@ Strategy = Callable[..., Retrieved]
 STRATEGIES: dict[str, Strategy] = {"dense": _dense, "pool": _pool, "hybrid": _hybrid, "mmr": _mmr}
 
 
-def select(index, questions: Sequence[str], queries: np.ndarray, k: int, cfg: StrategyConfig,
-           bm25: Optional[object] = None) -> Retrieved:
+def select(
+    index, questions: Sequence[str], queries: np.ndarray, k: int, cfg: StrategyConfig, bm25: object | None = None
+) -> Retrieved:
     """Run strategy `cfg.name` for a batch."""
     return STRATEGIES[cfg.name](index, list(questions), queries, k, cfg, bm25)

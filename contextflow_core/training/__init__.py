@@ -3,6 +3,7 @@
 Boundary: trains a RAGSequence on question/answer pairs; the maths stays in
 `loss.py` and the model, text-to-ids in `prompts.py`.
 """
+
 from contextflow_core.config import TrainConfig
 from contextflow_core.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from contextflow_core.training.data import QADataset, SeededSampler, collate_qa, make_dataloader, normalize_batch

@@ -29,6 +29,7 @@ Example:
     ...                 trainer_state=state, rng_states=[capture_rng_state()])   # doctest: +SKIP
     >>> state = load_checkpoint(latest_checkpoint(out), model=rag, optimizer=opt)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, cast
 
 import numpy as np
 import safetensors.torch
@@ -52,12 +53,21 @@ KIND = "contextflow-training-checkpoint"
 PREFIX = "checkpoint-"
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 __all__ = [
-    "capture_rng_state", "checkpoint_info", "checkpoint_name", "latest_checkpoint", "list_checkpoints",
-    "load_checkpoint", "model_fingerprint", "read_records", "remove_stale_temp_dirs", "restore_rng_state",
-    "rotate_checkpoints", "save_checkpoint",
+    "capture_rng_state",
+    "checkpoint_info",
+    "checkpoint_name",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "model_fingerprint",
+    "read_records",
+    "remove_stale_temp_dirs",
+    "restore_rng_state",
+    "rotate_checkpoints",
+    "save_checkpoint",
 ]
 
 
@@ -93,11 +103,15 @@ def checkpoint_info(path: PathLike) -> dict[str, Any]:
         manifest = {}
     step = manifest.get("global_step")
     match = _NAME.match(path.name)
-    return {"path": path, "step": step if isinstance(step, int) else int(match.group(1)) if match else -1,
-            "run_id": manifest.get("run_id"), "saved_at": float(manifest.get("saved_at") or 0.0)}
+    return {
+        "path": path,
+        "step": step if isinstance(step, int) else int(match.group(1)) if match else -1,
+        "run_id": manifest.get("run_id"),
+        "saved_at": float(manifest.get("saved_at") or 0.0),
+    }
 
 
-def latest_checkpoint(output_dir: PathLike) -> Optional[Path]:
+def latest_checkpoint(output_dir: PathLike) -> Path | None:
     """The most recently written complete checkpoint in `output_dir` (None when there is none).
 
     With several runs' checkpoints in the folder this is the newest run's latest: checkpoints are
@@ -108,7 +122,7 @@ def latest_checkpoint(output_dir: PathLike) -> Optional[Path]:
     return max(infos, key=lambda i: (i["saved_at"], i["step"]))["path"] if infos else None
 
 
-def rotate_checkpoints(output_dir: PathLike, keep: Optional[int], run_id: Optional[str] = None) -> list[Path]:
+def rotate_checkpoints(output_dir: PathLike, keep: int | None, run_id: str | None = None) -> list[Path]:
     """Delete the oldest checkpoints of run `run_id` so that at most `keep` of it remain; returns the deleted.
 
     Only checkpoints whose manifest records `run_id` are considered (None: those that record
@@ -150,13 +164,23 @@ def check_fingerprint(directory: Path, saved: list, model: nn.Module) -> None:
     saved_map, current_map = {n: s for n, s in saved}, {n: s for n, s in current}
     missing = [n for n in saved_map if n not in current_map]
     extra = [n for n in current_map if n not in saved_map]
-    shapes = [f"{n}: {saved_map[n]} vs {current_map[n]}" for n in saved_map
-              if n in current_map and saved_map[n] != current_map[n]]
-    detail = "; ".join(part for part in (
-        f"only in checkpoint: {missing[:3]}" if missing else "",
-        f"only in model: {extra[:3]}" if extra else "",
-        f"shape differs (checkpoint vs model): {shapes[:3]}" if shapes else "",
-    ) if part) or "parameter order differs"
+    shapes = [
+        f"{n}: {saved_map[n]} vs {current_map[n]}"
+        for n in saved_map
+        if n in current_map and saved_map[n] != current_map[n]
+    ]
+    detail = (
+        "; ".join(
+            part
+            for part in (
+                f"only in checkpoint: {missing[:3]}" if missing else "",
+                f"only in model: {extra[:3]}" if extra else "",
+                f"shape differs (checkpoint vs model): {shapes[:3]}" if shapes else "",
+            )
+            if part
+        )
+        or "parameter order differs"
+    )
     raise ValueError(
         f"resume: checkpoint {directory} was written for another model: its {len(saved)} trainable "
         f"parameters do not match this model's {len(current)} ({detail}); use the same model and "
@@ -170,7 +194,7 @@ def check_fingerprint(directory: Path, saved: list, model: nn.Module) -> None:
 def capture_rng_state() -> dict[str, Any]:
     """This process's python, numpy, torch and CUDA RNG states (tensors + JSON-ready parts)."""
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    name, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     tensors = {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.astype(np.int64))}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -195,7 +219,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors, scalars = {}, {}
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
     for idx, entries in state_dict["state"].items():
         for key, value in entries.items():
             if torch.is_tensor(value):
@@ -233,8 +258,10 @@ def _write_file(path: Path, data: bytes) -> dict[str, Any]:
 
 def _index_files(index: Any) -> dict[str, bytes]:
     embeddings = index.embeddings.float().contiguous()  # (N, D)
-    return {"index.safetensors": safetensors.torch.save({"embeddings": embeddings}),
-            "index.json": _json_bytes({"ids": index.ids}, "the index ids")}
+    return {
+        "index.safetensors": safetensors.torch.save({"embeddings": embeddings}),
+        "index.json": _json_bytes({"ids": index.ids}, "the index ids"),
+    }
 
 
 def _restore_index(directory: Path, parsed: dict[str, Any], retriever: Any) -> None:
@@ -243,9 +270,11 @@ def _restore_index(directory: Path, parsed: dict[str, Any], retriever: Any) -> N
 
     ids, current = parsed["index_ids"], retriever.index
     if ids != current.ids:
-        raise ValueError(f"resume: checkpoint {directory} holds a refreshed index of {len(ids)} passages, "
-                         f"but the model's index has {len(current)} passages with other ids or order; "
-                         "resume with the index the run was started with, or a fresh output_dir")
+        raise ValueError(
+            f"resume: checkpoint {directory} holds a refreshed index of {len(ids)} passages, "
+            f"but the model's index has {len(current)} passages with other ids or order; "
+            "resume with the index the run was started with, or a fresh output_dir"
+        )
     retriever.set_index(rebuild_index(current, parsed["index_embeddings"]))
 
 
@@ -258,9 +287,11 @@ def _rng_files(rng_states: list[dict]) -> dict[str, bytes]:
 def _weight_files(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, bytes]:
     params = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(model).items()}
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    return {"model.safetensors": safetensors.torch.save(params),
-            "optimizer.safetensors": safetensors.torch.save(opt_tensors),
-            "optimizer.json": _json_bytes(opt_meta, "the optimizer state")}
+    return {
+        "model.safetensors": safetensors.torch.save(params),
+        "optimizer.safetensors": safetensors.torch.save(opt_tensors),
+        "optimizer.json": _json_bytes(opt_meta, "the optimizer state"),
+    }
 
 
 def _move_shards(source: Path, tmp: Path) -> dict[str, Any]:
@@ -282,10 +313,10 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     rng_states: list[dict[str, Any]],
     scaler: Any = None,
-    run_id: Optional[str] = None,
-    identity: Optional[dict[str, Any]] = None,
+    run_id: str | None = None,
+    identity: dict[str, Any] | None = None,
     index: Any = None,
-    shards: Optional[tuple[Path, dict[str, Any]]] = None,
+    shards: tuple[Path, dict[str, Any]] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (see the module docstring for its files).
 
@@ -304,11 +335,16 @@ def save_checkpoint(
         shards: FSDP runs (`training.fsdp`): (folder of the processes' shard files, the optimiser's
             non-tensor state); the shards are moved in instead of model/optimizer.safetensors.
     """
-    sched = {"scheduler": scheduler.state_dict() if scheduler is not None else None,
-             "scaler": scaler.state_dict() if scaler is not None else None}
+    sched = {
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    }
     blobs = {
-        **(_weight_files(model, optimizer) if shards is None
-           else {"optimizer.json": _json_bytes(shards[1], "the optimizer state")}),
+        **(
+            _weight_files(model, optimizer)
+            if shards is None
+            else {"optimizer.json": _json_bytes(shards[1], "the optimizer state")}
+        ),
         "scheduler.json": _json_bytes(sched, "the scheduler state"),
         **_rng_files(rng_states),
         "trainer_state.json": _json_bytes(trainer_state, "trainer_state"),
@@ -318,9 +354,17 @@ def save_checkpoint(
         files = {name: _write_file(tmp / name, data) for name, data in blobs.items()}
         if shards is not None:
             files.update(_move_shards(shards[0], tmp))
-        manifest = {"format_version": FORMAT_VERSION, "kind": KIND, "global_step": trainer_state.get("global_step"),
-                    "run_id": run_id, "saved_at": time.time(), "identity": identity,
-                    "fingerprint": model_fingerprint(model), "files": files, "sharded": shards is not None}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": KIND,
+            "global_step": trainer_state.get("global_step"),
+            "run_id": run_id,
+            "saved_at": time.time(),
+            "identity": identity,
+            "fingerprint": model_fingerprint(model),
+            "files": files,
+            "sharded": shards is not None,
+        }
         _write_file(tmp / MANIFEST, _json_bytes(manifest, "the manifest"))
     return Path(directory)
 
@@ -334,9 +378,11 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ValueError(f"resume: {path} is not valid JSON ({e.msg})") from e
     if manifest.get("kind") != KIND or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"resume: {directory} is not a contextflow training checkpoint of format "
-                         f"{FORMAT_VERSION}; got kind={manifest.get('kind')!r}, "
-                         f"format_version={manifest.get('format_version')!r}")
+        raise ValueError(
+            f"resume: {directory} is not a contextflow training checkpoint of format "
+            f"{FORMAT_VERSION}; got kind={manifest.get('kind')!r}, "
+            f"format_version={manifest.get('format_version')!r}"
+        )
     return manifest
 
 
@@ -381,33 +427,40 @@ def read_checkpoint(directory: PathLike, model: nn.Module) -> dict[str, Any]:
     sharded = bool(manifest.get("sharded"))
     return {
         "params": None if sharded else safetensors.torch.load(blobs["model.safetensors"]),
-        "optimizer": json.loads(blobs["optimizer.json"]) if sharded else _unflatten_optimizer(
-            safetensors.torch.load(blobs["optimizer.safetensors"]), json.loads(blobs["optimizer.json"])),
-        "scheduler": sched["scheduler"], "scaler": sched["scaler"],
+        "optimizer": json.loads(blobs["optimizer.json"])
+        if sharded
+        else _unflatten_optimizer(
+            safetensors.torch.load(blobs["optimizer.safetensors"]), json.loads(blobs["optimizer.json"])
+        ),
+        "scheduler": sched["scheduler"],
+        "scaler": sched["scaler"],
         "rng_tensors": safetensors.torch.load(blobs["rng.safetensors"]),
         "rng_meta": json.loads(blobs["rng.json"]),
         "trainer_state": json.loads(blobs["trainer_state.json"]),
-        "index_embeddings": (safetensors.torch.load(blobs["index.safetensors"])["embeddings"]
-                             if "index.safetensors" in blobs else None),
+        "index_embeddings": (
+            safetensors.torch.load(blobs["index.safetensors"])["embeddings"] if "index.safetensors" in blobs else None
+        ),
         "index_ids": json.loads(blobs["index.json"])["ids"] if "index.json" in blobs else None,
         "manifest": manifest,
     }
 
 
-def _rng_for_rank(parsed: dict[str, Any], rank: int) -> Optional[dict[str, Any]]:
+def _rng_for_rank(parsed: dict[str, Any], rank: int) -> dict[str, Any] | None:
     if rank >= len(parsed["rng_meta"]):
         return None
     prefix = f"rank{rank}."
-    tensors = {k[len(prefix):]: t for k, t in parsed["rng_tensors"].items() if k.startswith(prefix)}
+    tensors = {k[len(prefix) :]: t for k, t in parsed["rng_tensors"].items() if k.startswith(prefix)}
     return {"tensors": tensors, "meta": parsed["rng_meta"][rank]}
 
 
 def _check_sharding(directory: Path, sharded: bool, model_sharded: bool) -> None:
     if sharded != model_sharded:
-        raise ValueError(f"resume: checkpoint {directory} was written {'with' if sharded else 'without'} FSDP "
-                         f"sharding, but this run is {'' if model_sharded else 'not '}sharded; resume with the "
-                         "checkpoint's TrainConfig.fsdp, or turn a sharded checkpoint into a model with "
-                         "training.fsdp.consolidate_checkpoint")
+        raise ValueError(
+            f"resume: checkpoint {directory} was written {'with' if sharded else 'without'} FSDP "
+            f"sharding, but this run is {'' if model_sharded else 'not '}sharded; resume with the "
+            "checkpoint's TrainConfig.fsdp, or turn a sharded checkpoint into a model with "
+            "training.fsdp.consolidate_checkpoint"
+        )
 
 
 @torch.no_grad()
@@ -415,7 +468,7 @@ def load_checkpoint(
     directory: PathLike,
     *,
     model: nn.Module,
-    optimizer: Optional[torch.optim.Optimizer] = None,
+    optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     scaler: Any = None,
     rank: int = 0,

@@ -15,9 +15,11 @@ Example:
     >>> next(iter(loader))["answers"]
     ['Ilo']
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -98,7 +100,7 @@ def collate_qa(examples: Sequence[QAExample]) -> Batch:
 
 
 def make_dataloader(
-    examples: Union[QASource, QADataset],
+    examples: QASource | QADataset,
     batch_size: int = 8,
     shuffle: bool = True,
     seed: int = 0,
@@ -123,8 +125,12 @@ def make_dataloader(
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     dataset = examples if isinstance(examples, QADataset) else QADataset(examples)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=SeededSampler(len(dataset), seed, shuffle),
-        collate_fn=collate_qa, drop_last=drop_last, num_workers=num_workers,
+        dataset,
+        batch_size=batch_size,
+        sampler=SeededSampler(len(dataset), seed, shuffle),
+        collate_fn=collate_qa,
+        drop_last=drop_last,
+        num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -35,6 +35,7 @@ Example:
     ``train_rag(rag, loader, config=TrainConfig(fsdp="full_shard", output_dir="runs/x"))``,
     then ``consolidate_checkpoint("runs/x/checkpoint-00000100", build_rag(), "models/x")``.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,25 +44,49 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from contextflow_core.config import TrainConfig
 
-__all__ = ["FsdpPlan", "consolidate_checkpoint", "full_state_dict", "identity", "is_sharded", "load_sharded_weights", "plan",
-           "plan_from_env", "prepare", "read_shards", "shard_model", "shard_reader", "sharded_state",
-           "stage_shards", "wrap_class_names", "write_shards"]
+if TYPE_CHECKING:
+    from contextflow_core.rag import RAGSequence
+
+__all__ = [
+    "FsdpPlan",
+    "consolidate_checkpoint",
+    "full_state_dict",
+    "identity",
+    "is_sharded",
+    "load_sharded_weights",
+    "plan",
+    "plan_from_env",
+    "prepare",
+    "read_shards",
+    "shard_model",
+    "shard_reader",
+    "sharded_state",
+    "stage_shards",
+    "wrap_class_names",
+    "write_shards",
+]
 
 #: TrainConfig.fsdp -> reshard_after_forward.
 RESHARD_AFTER_FORWARD = {"full_shard": True, "shard_grad_op": False}
 #: accelerate's FSDP_SHARDING_STRATEGY / FSDP_RESHARD_AFTER_FORWARD values -> TrainConfig.fsdp.
-_ACCELERATE_STRATEGIES = {"1": "full_shard", "FULL_SHARD": "full_shard", "TRUE": "full_shard",
-                          "2": "shard_grad_op", "SHARD_GRAD_OP": "shard_grad_op", "FALSE": "shard_grad_op"}
+_ACCELERATE_STRATEGIES = {
+    "1": "full_shard",
+    "FULL_SHARD": "full_shard",
+    "TRUE": "full_shard",
+    "2": "shard_grad_op",
+    "SHARD_GRAD_OP": "shard_grad_op",
+    "FALSE": "shard_grad_op",
+}
 SHARD_PREFIX = "shard-"
-PathLike = Union[str, Path]
-_IDENTITIES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+PathLike = str | Path
+_IDENTITIES: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -75,11 +100,11 @@ class FsdpPlan:
     """
 
     mode: str
-    wrap_classes: Optional[tuple[str, ...]] = None
+    wrap_classes: tuple[str, ...] | None = None
     source: str = "TrainConfig.fsdp"
 
 
-def plan_from_env(environ: Optional[dict] = None) -> Optional[FsdpPlan]:
+def plan_from_env(environ: dict | None = None) -> FsdpPlan | None:
     """The FSDP plan of an `accelerate launch` FSDP configuration (environment variables), or None.
 
     Reads ``ACCELERATE_USE_FSDP``, ``FSDP_RESHARD_AFTER_FORWARD`` (with ``FSDP_VERSION=2``) or
@@ -97,25 +122,29 @@ def plan_from_env(environ: Optional[dict] = None) -> Optional[FsdpPlan]:
     raw = env.get(keys[0]) or env.get(keys[1]) or "FULL_SHARD"
     mode = _ACCELERATE_STRATEGIES.get(str(raw).upper())
     if mode is None:
-        raise ValueError(f"FSDP_SHARDING_STRATEGY / FSDP_RESHARD_AFTER_FORWARD: expected FULL_SHARD or "
-                         f"SHARD_GRAD_OP (true/false), got {raw!r}; set TrainConfig(fsdp=...) instead")
+        raise ValueError(
+            f"FSDP_SHARDING_STRATEGY / FSDP_RESHARD_AFTER_FORWARD: expected FULL_SHARD or "
+            f"SHARD_GRAD_OP (true/false), got {raw!r}; set TrainConfig(fsdp=...) instead"
+        )
     names = [n.strip() for n in env.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if n.strip()]
     return FsdpPlan(mode, tuple(names) or None, "accelerate environment")
 
 
-def plan(config: TrainConfig, environ: Optional[dict] = None) -> Optional[FsdpPlan]:
+def plan(config: TrainConfig, environ: dict | None = None) -> FsdpPlan | None:
     """The FSDP plan of `config` (or, when `config.fsdp` is None, of the accelerate environment)."""
     if config.fsdp is not None:
         names = tuple(config.fsdp_wrap_classes) if config.fsdp_wrap_classes else None
         return FsdpPlan(config.fsdp, names)
     found = plan_from_env(environ)
     if found is not None and (config.mixed_precision == "fp16" or config.refresh_index_steps):
-        raise ValueError("accelerate launch asks for FSDP, which does not run with mixed_precision='fp16' or "
-                         "refresh_index_steps; change TrainConfig or launch without --use_fsdp")
+        raise ValueError(
+            "accelerate launch asks for FSDP, which does not run with mixed_precision='fp16' or "
+            "refresh_index_steps; change TrainConfig or launch without --use_fsdp"
+        )
     return found
 
 
-def wrap_class_names(module: nn.Module, wanted: Optional[tuple[str, ...]] = None) -> set[str]:
+def wrap_class_names(module: nn.Module, wanted: tuple[str, ...] | None = None) -> set[str]:
     """Class names of `module`'s sub-modules that become FSDP units.
 
     Args:
@@ -134,15 +163,15 @@ def _units(module: nn.Module, names: set[str]) -> list[nn.Module]:
     return [sub for sub in module.modules() if type(sub).__name__ in names and sub is not module]
 
 
-def _sides(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    sides = [("generator", model.generator), ("question_encoder", model.question_encoder)]
+def _sides(model: RAGSequence) -> list[tuple[str, nn.Module]]:
+    sides: list[tuple[str, nn.Module]] = [("generator", model.generator), ("question_encoder", model.question_encoder)]
     ctx = getattr(model, "_context_encoder", None)
     if ctx is not None and any(p.requires_grad for p in ctx.parameters()):
         sides.append(("context_encoder", ctx))
     return sides
 
 
-def shard_model(model: nn.Module, config: TrainConfig, accelerator: Any) -> bool:
+def shard_model(model: RAGSequence, config: TrainConfig, accelerator: Any) -> bool:
     """Apply `fully_shard` to the model's generator and question encoder, in place (before the optimiser).
 
     Returns:
@@ -156,16 +185,21 @@ def shard_model(model: nn.Module, config: TrainConfig, accelerator: Any) -> bool
     if found is None:
         return False
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        raise ValueError(f"{found.source}: FSDP shards over the processes of a distributed launch, but this "
-                         "process is not part of one; run under `torchrun --nproc_per_node N` or "
-                         "`accelerate launch`, or set fsdp=None")
+        raise ValueError(
+            f"{found.source}: FSDP shards over the processes of a distributed launch, but this "
+            "process is not part of one; run under `torchrun --nproc_per_node N` or "
+            "`accelerate launch`, or set fsdp=None"
+        )
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if config.mixed_precision == "bf16" else MixedPrecisionPolicy())
-    kwargs = dict(mesh=mesh, reshard_after_forward=RESHARD_AFTER_FORWARD[found.mode], mp_policy=policy)
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if config.mixed_precision == "bf16"
+        else MixedPrecisionPolicy()
+    )
+    kwargs: dict[str, Any] = dict(mesh=mesh, reshard_after_forward=RESHARD_AFTER_FORWARD[found.mode], mp_policy=policy)
     from contextflow_core.training.resume import model_identity
 
     _IDENTITIES[model] = model_identity(model)  # of the full weights: the same on every process
@@ -177,8 +211,10 @@ def shard_model(model: nn.Module, config: TrainConfig, accelerator: Any) -> bool
             wrapped += 1
         fully_shard(side, **kwargs)
     if found.wrap_classes and not wrapped:
-        raise ValueError(f"fsdp_wrap_classes: expected class names of layers inside the generator or question "
-                         f"encoder, got {list(found.wrap_classes)}, which match none")
+        raise ValueError(
+            f"fsdp_wrap_classes: expected class names of layers inside the generator or question "
+            f"encoder, got {list(found.wrap_classes)}, which match none"
+        )
     return True
 
 
@@ -215,7 +251,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         get_model_state_dict,
     )
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return cast("dict[str, torch.Tensor]", get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -239,7 +275,7 @@ def sharded_state(model: nn.Module, optimizer: Any) -> tuple[dict[str, Any], dic
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     params, optim = get_state_dict(model, _raw_optimizer(optimizer), options=_state_options())
-    tensors = {f"model.{k}": v for k, v in params.items()}
+    tensors: dict[str, Any] = {f"model.{k}": v for k, v in params.items()}
     tensors.update({f"optim.{k}": v for k, v in optim.items() if torch.is_tensor(v)})
     rest = {k: list(v) if isinstance(v, tuple) else v for k, v in optim.items() if not torch.is_tensor(v)}
     return tensors, rest
@@ -291,11 +327,16 @@ def read_shards(directory: Path, model: nn.Module, optimizer: Any, rest: dict[st
 
     tensors, _ = sharded_state(model, optimizer)  # templates with this run's sharding (DCP re-shards)
     dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)))
-    params = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+    params = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    optim = {k[len("optim.") :]: v for k, v in tensors.items() if k.startswith("optim.")}
     optim.update({k: tuple(v) if k.endswith(".betas") else v for k, v in rest.items()})
-    set_state_dict(model, _raw_optimizer(optimizer), model_state_dict=params, optim_state_dict=optim,
-                   options=_state_options(strict=False))
+    set_state_dict(
+        model,
+        _raw_optimizer(optimizer),
+        model_state_dict=params,
+        optim_state_dict=optim,
+        options=_state_options(strict=False),
+    )
 
 
 @torch.no_grad()
@@ -320,9 +361,11 @@ def load_sharded_weights(model: nn.Module, checkpoint_dir: PathLike) -> list[str
     params = dict(model.named_parameters())
     missing = [n for n in names if n not in params]
     if missing:
-        raise ValueError(f"model: expected the model the run trained, with parameters {missing[:3]} "
-                         f"(from {directory}), got a model without them; build it the same way "
-                         "(same generator, encoder and LoRA settings)")
+        raise ValueError(
+            f"model: expected the model the run trained, with parameters {missing[:3]} "
+            f"(from {directory}), got a model without them; build it the same way "
+            "(same generator, encoder and LoRA settings)"
+        )
     targets = {f"model.{n}": torch.empty(params[n].shape, dtype=params[n].dtype) for n in names}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
@@ -335,16 +378,19 @@ def load_sharded_weights(model: nn.Module, checkpoint_dir: PathLike) -> list[str
 def _checkpoint_param_names(directory: Path) -> list[str]:
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
-        raise ValueError(f"checkpoint_dir: expected a ContextFlow checkpoint folder, got {directory} "
-                         "(no manifest.json)")
+        raise ValueError(
+            f"checkpoint_dir: expected a ContextFlow checkpoint folder, got {directory} (no manifest.json)"
+        )
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if not manifest.get("sharded"):
-        raise ValueError(f"checkpoint_dir: expected a sharded (TrainConfig.fsdp) checkpoint, got {directory}, "
-                         "an unsharded one; load it with training.checkpoint.load_checkpoint")
+        raise ValueError(
+            f"checkpoint_dir: expected a sharded (TrainConfig.fsdp) checkpoint, got {directory}, "
+            "an unsharded one; load it with training.checkpoint.load_checkpoint"
+        )
     return [name for name, _ in manifest["fingerprint"]]
 
 
-def consolidate_checkpoint(checkpoint_dir: PathLike, model: nn.Module, output_dir: PathLike) -> Path:
+def consolidate_checkpoint(checkpoint_dir: PathLike, model: RAGSequence, output_dir: PathLike) -> Path:
     """Turn a sharded checkpoint into the usual single-folder model (`model.save_pretrained(output_dir)`).
 
     Runs in one process, no process group needed.

@@ -18,13 +18,13 @@ Example:
     >>> history = train_rag(rag, make_dataloader(train, batch_size=4), make_dataloader(val, shuffle=False),
     ...                     config=TrainConfig(num_epochs=2, output_dir="runs/demo"))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import time
 import warnings
-from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -36,14 +36,26 @@ from contextflow_core.store_rag import check_store_training
 from contextflow_core.training import fsdp
 from contextflow_core.training.data import normalize_batch
 from contextflow_core.training.optim import (
-    apply_train_mode, build_optimizer, build_scheduler, capture_flags, restore_flags, set_train_modes,
+    apply_train_mode,
+    build_optimizer,
+    build_scheduler,
+    capture_flags,
+    restore_flags,
+    set_train_modes,
 )
 from contextflow_core.training.report import TrainHistory, format_table, plot_history
 from contextflow_core.training.resume import ResumePlan, plan_resume
 from contextflow_core.training.run import TrainingRun, log_train, run_evaluation, save_now, summary
 from contextflow_core.training.setup import (
-    as_dataloader, begin_run, check_answer_lengths, check_inputs, fits, make_accelerator, open_records,
-    resolve_config, warn_stale_index,
+    as_dataloader,
+    begin_run,
+    check_answer_lengths,
+    check_inputs,
+    fits,
+    make_accelerator,
+    open_records,
+    resolve_config,
+    warn_stale_index,
 )
 from contextflow_core.training.trackers import check_trackers, end_trackers, start_trackers
 
@@ -54,9 +66,9 @@ def train_rag(
     model,
     train_dataloader,
     val_dataloader=None,
-    num_epochs: Optional[int] = None,
-    learning_rate: Optional[float] = None,
-    config: Optional[TrainConfig] = None,
+    num_epochs: int | None = None,
+    learning_rate: float | None = None,
+    config: TrainConfig | None = None,
 ) -> TrainHistory:
     """Train `model` on the marginal likelihood of the answers; resumable from `config.output_dir`.
 
@@ -119,8 +131,7 @@ def _setup(model, train_data, val_data, config: TrainConfig) -> TrainingRun:
         raise
 
 
-def _prepare(model, loader: DataLoader, val_data, config: TrainConfig, restore: dict,
-             plan: ResumePlan) -> TrainingRun:
+def _prepare(model, loader: DataLoader, val_data, config: TrainConfig, restore: dict, plan: ResumePlan) -> TrainingRun:
     accelerator = make_accelerator(config)
     sampler = getattr(loader, "sampler", None)
     loader = accelerator.prepare(loader)
@@ -131,8 +142,20 @@ def _prepare(model, loader: DataLoader, val_data, config: TrainConfig, restore: 
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, total * accelerator.num_processes)  # stepped once per process
     wrapped, optimizer, scheduler = fsdp.prepare(accelerator, model, optimizer, scheduler, sharded)
-    run = TrainingRun(config, accelerator, wrapped, model, optimizer, scheduler, loader,
-                      sampler if hasattr(sampler, "set_epoch") else None, val_data, len(loader), total, restore)
+    run = TrainingRun(
+        config,
+        accelerator,
+        wrapped,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        sampler if hasattr(sampler, "set_epoch") else None,
+        val_data,
+        len(loader),
+        total,
+        restore,
+    )
     if config.refresh_index_steps:  # a DocumentIndex rebuild, or an in-place store refresh (store_rag)
         from contextflow_core.store_rag import make_refresher
 
@@ -192,13 +215,18 @@ def _forward(run: TrainingRun, batch: dict, epoch: int):
     except ValueError as e:
         if "max_length" not in str(e):
             raise
-        bad = [i for i, (q, a) in enumerate(zip(batch["questions"], batch["answers"]))
-               if not fits(run.raw, q, a)]
-        raise ValueError(f"train_dataloader: batch {run.pos['batches_in_epoch'] - 1} of epoch {epoch}, "
-                         f"example(s) {bad} of the batch: {e}") from e
+        bad = [
+            i
+            for i, (q, a) in enumerate(zip(batch["questions"], batch["answers"], strict=True))
+            if not fits(run.raw, q, a)
+        ]
+        raise ValueError(
+            f"train_dataloader: batch {run.pos['batches_in_epoch'] - 1} of epoch {epoch}, "
+            f"example(s) {bad} of the batch: {e}"
+        ) from e
 
 
-def _all_finite(run: TrainingRun, loss: Optional[torch.Tensor]) -> bool:
+def _all_finite(run: TrainingRun, loss: torch.Tensor | None) -> bool:
     """Whether every process's loss is finite (None: this process's embeddings were not)."""
     if loss is None:
         flag = torch.zeros(1, device=run.accelerator.device)
@@ -256,14 +284,18 @@ def _count_nonfinite(run: TrainingRun, epoch: int, embeddings: bool = False) -> 
     run.history.skipped_steps += 1
     limit = run.config.max_nonfinite_steps
     what = "question or passage embeddings" if embeddings else "loss or gradient"
-    warnings.warn(f"train_rag: non-finite {what} at step {run.history.global_step + 1} (epoch {epoch}); "
-                  f"optimizer step skipped ({run.nonfinite_in_a_row} in a row, limit {limit})", stacklevel=3)
+    warnings.warn(
+        f"train_rag: non-finite {what} at step {run.history.global_step + 1} (epoch {epoch}); "
+        f"optimizer step skipped ({run.nonfinite_in_a_row} in a row, limit {limit})",
+        stacklevel=3,
+    )
     if run.nonfinite_in_a_row >= limit:
         raise RuntimeError(
             f"train_rag: {run.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
             "(or embeddings) "
             f"(max_nonfinite_steps={limit}); stopped. Last good checkpoint: {run.history.last_checkpoint}. "
-            "Lower learning_rate, set max_grad_norm, use mixed_precision='bf16' or 'no', or check the data")
+            "Lower learning_rate, set max_grad_norm, use mixed_precision='bf16' or 'no', or check the data"
+        )
 
 
 def _at_boundary(run: TrainingRun, stepped: bool, epoch_end: bool) -> None:
@@ -271,7 +303,7 @@ def _at_boundary(run: TrainingRun, stepped: bool, epoch_end: bool) -> None:
     cfg, h = run.config, run.history
     final = (epoch_end and run.pos["epoch"] >= cfg.num_epochs) or run.steps_exhausted()
 
-    def every(n: Optional[int]) -> bool:
+    def every(n: int | None) -> bool:
         return stepped and n is not None and h.global_step % n == 0
 
     if run.since_log["steps"] and (every(cfg.log_every) or final):
@@ -283,8 +315,7 @@ def _at_boundary(run: TrainingRun, stepped: bool, epoch_end: bool) -> None:
         run_evaluation(run)
     if not h.stop_reason and final:
         h.stop_reason = "max_steps" if run.steps_exhausted() and not epoch_end else "completed"
-    if run.output_dir is not None and (every(cfg.save_steps) or (epoch_end and cfg.save_on_epoch_end)
-                                       or h.stop_reason):
+    if run.output_dir is not None and (every(cfg.save_steps) or (epoch_end and cfg.save_on_epoch_end) or h.stop_reason):
         save_now(run)
     run.since_log["time"] += time.perf_counter() - paused  # items/s counts training time only
 

@@ -8,12 +8,13 @@ Example:
     >>> apply_train_mode(rag, TrainConfig(train_mode="generator"))   # doctest: +SKIP
     >>> optimizer = build_optimizer(rag, TrainConfig())                # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,14 +23,28 @@ from contextflow_core.config import MODE_SIDES, OBJECTIVE_TRAIN_MODES, TrainConf
 from contextflow_core.modes import restore_modes, restore_requires_grad, snapshot_modes, snapshot_requires_grad
 from contextflow_core.optional_deps import import_peft
 
+if TYPE_CHECKING:
+    from contextflow_core.rag import RAGSequence
+
 SIDES = ("question_encoder", "generator")
 
-__all__ = ["apply_train_mode", "build_optimizer", "build_scheduler", "capture_flags", "maybe_add_lora", "param_groups",
-           "restore_flags", "set_train_modes", "set_trainable", "side_of", "trainable_parameters"]
+__all__ = [
+    "apply_train_mode",
+    "build_optimizer",
+    "build_scheduler",
+    "capture_flags",
+    "maybe_add_lora",
+    "param_groups",
+    "restore_flags",
+    "set_train_modes",
+    "set_trainable",
+    "side_of",
+    "trainable_parameters",
+]
 
 
 def side_of(name: str) -> str:
-    """"question_encoder", "generator" or "other" for a RAGSequence parameter name."""
+    """ "question_encoder", "generator" or "other" for a RAGSequence parameter name."""
     head = name.split(".", 1)[0]
     if head == "_context_encoder":  # a separate passage encoder belongs to the retriever side
         return "question_encoder"
@@ -45,7 +60,7 @@ def _is_peft(module: nn.Module) -> bool:
     return hasattr(module, "peft_config") and hasattr(module, "base_model")
 
 
-def _tuner_layers(module: nn.Module) -> list[nn.Module]:
+def _tuner_layers(module: nn.Module) -> list[Any]:
     """The peft adapter layers (LoRA, ...) and modules-to-save wrappers inside `module`."""
     if "peft" not in sys.modules:  # no peft layer can exist before peft is imported: do not import it here
         return []
@@ -76,7 +91,7 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
         layer.set_adapter(names[0] if len(names) == 1 else names)
 
 
-def maybe_add_lora(model: nn.Module, config: TrainConfig) -> None:
+def maybe_add_lora(model: RAGSequence, config: TrainConfig) -> None:
     """Wrap `model.generator` in a peft LoRA model when `config.generator_lora` asks and it has none.
 
     On the embedded generator the reader adapter is already merged into the weights
@@ -88,24 +103,34 @@ def maybe_add_lora(model: nn.Module, config: TrainConfig) -> None:
     from contextflow_core.models.peft_utils import add_lora
 
     import_peft("generator_lora=True")
-    add_lora(model, generator=True, question_encoder=False, r=config.lora_r, alpha=config.lora_alpha,
-             dropout=config.lora_dropout, generator_targets=config.lora_target_modules)
+    add_lora(
+        model,
+        generator=True,
+        question_encoder=False,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        generator_targets=config.lora_target_modules,
+    )
 
 
-def _sides(model: nn.Module, config: TrainConfig, objective: str) -> tuple[bool, bool]:
+def _sides(model: RAGSequence, config: TrainConfig, objective: str) -> tuple[bool, bool]:
     """(train question encoder, train generator): the train mode, narrowed to the sides the objective trains."""
     if hasattr(model, "check_objective"):
         model.check_objective(objective)  # e.g. an objective this model class does not implement
+    assert config.train_mode is not None  # filled in by TrainConfig.__post_init__
     mode_enc, mode_gen = MODE_SIDES[config.train_mode]
     obj_enc, obj_gen = MODE_SIDES[OBJECTIVE_TRAIN_MODES[objective]]
     train_encoder, train_generator = mode_enc and obj_enc, mode_gen and obj_gen
     if config.generator_lora and not train_generator:
-        raise ValueError(f"generator_lora: True, but objective={objective!r} with train_mode={config.train_mode!r} "
-                         "trains no generator; set generator_lora=False or choose an objective that trains it")
+        raise ValueError(
+            f"generator_lora: True, but objective={objective!r} with train_mode={config.train_mode!r} "
+            "trains no generator; set generator_lora=False or choose an objective that trains it"
+        )
     return train_encoder, train_generator
 
 
-def apply_train_mode(model: nn.Module, config: TrainConfig) -> None:
+def apply_train_mode(model: RAGSequence, config: TrainConfig) -> None:
     """Set exactly which parameters train, and the model's `freeze_*` flags to match.
 
     "joint" trains both sides, "generator" only the generator, "retriever" only the
@@ -121,13 +146,15 @@ def apply_train_mode(model: nn.Module, config: TrainConfig) -> None:
     objective = config.objective or model.config.objective
     train_encoder, train_generator = _sides(model, config, objective)
     if config.gradient_checkpointing and train_generator:
-        model.generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        generator: Any = model.generator  # a HF PreTrainedModel, possibly peft-wrapped
+        generator.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if train_generator:
         maybe_add_lora(model, config)
     set_trainable(model.generator, train_generator)
     set_trainable(model.question_encoder, train_encoder)
-    if getattr(model, "_context_encoder", None) is not None:
-        set_trainable(model._context_encoder, train_encoder and model.config.train_context_encoder)
+    context = getattr(model, "_context_encoder", None)
+    if context is not None:
+        set_trainable(context, train_encoder and model.config.train_context_encoder)
     model.config = dataclasses.replace(
         model.config, freeze_retriever=not train_encoder, freeze_generator=not train_generator, objective=objective
     )
@@ -135,7 +162,7 @@ def apply_train_mode(model: nn.Module, config: TrainConfig) -> None:
         raise ValueError(f"train_mode: {config.train_mode!r} leaves no trainable parameter in the model")
 
 
-def set_train_modes(model: nn.Module) -> None:
+def set_train_modes(model: RAGSequence) -> None:
     """Trained sides in `train()`, frozen sides in `eval()` (no dropout where nothing learns).
 
     Follows `model.config.freeze_*` as set by `apply_train_mode`: e.g. the generator
@@ -152,13 +179,17 @@ def set_train_modes(model: nn.Module) -> None:
         context.eval()
 
 
-def capture_flags(model: nn.Module) -> dict[str, Any]:
+def capture_flags(model: RAGSequence) -> dict[str, Any]:
     """What `train_rag` changes on the model: its config, every module's mode, every parameter's `requires_grad`."""
-    return {"config": model.config, "modes": snapshot_modes(model), "requires_grad": snapshot_requires_grad(model),
-            "generator": model.generator}
+    return {
+        "config": model.config,
+        "modes": snapshot_modes(model),
+        "requires_grad": snapshot_requires_grad(model),
+        "generator": model.generator,
+    }
 
 
-def restore_flags(model: nn.Module, state: dict[str, Any]) -> None:
+def restore_flags(model: RAGSequence, state: dict[str, Any]) -> None:
     """Put back what `capture_flags` recorded.
 
     A generator wrapped in LoRA since (generator_lora) keeps peft's trainable set
@@ -168,8 +199,9 @@ def restore_flags(model: nn.Module, state: dict[str, Any]) -> None:
     restore_requires_grad(state["requires_grad"])
     if model.generator is not state["generator"]:
         set_trainable(model.generator, True)
-    restore_modes(state["modes"], default_roots=(model.generator,),
-                  default=state["modes"].get(state["generator"], model.training))
+    restore_modes(
+        state["modes"], default_roots=(model.generator,), default=state["modes"].get(state["generator"], model.training)
+    )
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
@@ -177,15 +209,24 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
 
     Biases and norm weights (tensors with fewer than 2 dimensions) get no decay.
     """
-    rates = {"question_encoder": config.lr_question_encoder, "generator": config.lr_generator,
-             "other": config.learning_rate}
+    rates = {
+        "question_encoder": config.lr_question_encoder,
+        "generator": config.lr_generator,
+        "other": config.learning_rate,
+    }
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in trainable_parameters(model).items():
         buckets.setdefault((side_of(name), p.ndim >= 2), []).append(p)
     groups = []
     for (side, decay), params in buckets.items():
-        groups.append({"params": params, "lr": rates[side], "name": side if decay else f"{side}/no_decay",
-                       "weight_decay": config.weight_decay if decay else 0.0})
+        groups.append(
+            {
+                "params": params,
+                "lr": rates[side],
+                "name": side if decay else f"{side}/no_decay",
+                "weight_decay": config.weight_decay if decay else 0.0,
+            }
+        )
     return groups
 
 
@@ -202,5 +243,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, num_t
         from transformers import get_scheduler
 
     warmup = math.ceil(config.warmup_ratio * num_training_steps)
-    return get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup,
-                         num_training_steps=num_training_steps)
+    return get_scheduler(config.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=num_training_steps)

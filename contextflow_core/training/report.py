@@ -3,15 +3,17 @@
 Boundary: formats and writes records the loop hands it; never prints (the loop
 and the CLI print what `format_table` returns).
 """
+
 from __future__ import annotations
 
 import io
 import json
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 from contextflow_core.io_utils import atomic_write_bytes
 
@@ -44,14 +46,14 @@ class TrainHistory:
     eval: list[dict[str, Any]] = field(default_factory=list)
     global_step: int = 0
     epochs_completed: int = 0
-    best_val_loss: Optional[float] = None
-    best_step: Optional[int] = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
     stop_reason: str = ""
     skipped_steps: int = 0
-    last_checkpoint: Optional[str] = None
-    resumed_from: Optional[str] = None
+    last_checkpoint: str | None = None
+    resumed_from: str | None = None
     refreshes: list[dict[str, Any]] = field(default_factory=list)
-    run_id: Optional[str] = None
+    run_id: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     rag_config: dict[str, Any] = field(default_factory=dict)
 
@@ -65,7 +67,7 @@ class TrainHistory:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainHistory":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainHistory:
         """The history `to_dict` wrote."""
         return cls(**dict(data))
 
@@ -87,7 +89,7 @@ class MetricsLog:
         path: The ``metrics.jsonl`` file; its folder must exist.
     """
 
-    def __init__(self, path: Union[str, Path]) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
     def reset(self, records: Sequence[Mapping[str, Any]]) -> None:
@@ -108,7 +110,7 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def format_table(rows: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]], title: Optional[str] = None) -> str:
+def format_table(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], title: str | None = None) -> str:
     """A plain-text table: a mapping gives two columns (name, value), a list of mappings one row each.
 
     Example:
@@ -123,16 +125,16 @@ def format_table(rows: Union[Mapping[str, Any], Sequence[Mapping[str, Any]]], ti
     else:
         header = list(dict.fromkeys(k for r in rows for k in r))
         body = [[_cell(r.get(k)) for k in header] for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
-        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     out = [line(header), "-+-".join("-" * w for w in widths)] + [line(r) for r in body]
     return "\n".join(([title] if title else []) + out)
 
 
-def plot_history(history: TrainHistory, path: Union[str, Path]) -> Optional[Path]:
+def plot_history(history: TrainHistory, path: str | Path) -> Path | None:
     """Draw training and validation loss against the optimiser step into a PNG.
 
     Uses matplotlib's Agg canvas directly (the global backend is left alone).
@@ -145,8 +147,10 @@ def plot_history(history: TrainHistory, path: Union[str, Path]) -> Optional[Path
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        warnings.warn("plot: matplotlib is not installed, skipping the training curves "
-                      "(pip install 'contextflow[plot]')", stacklevel=2)
+        warnings.warn(
+            "plot: matplotlib is not installed, skipping the training curves (pip install 'contextflow[plot]')",
+            stacklevel=2,
+        )
         return None
     if not history.train and not history.eval:
         return None
@@ -156,7 +160,7 @@ def plot_history(history: TrainHistory, path: Union[str, Path]) -> Optional[Path
     for records, label, style in ((history.train, "train loss", "-"), (history.eval, "validation loss", "o-")):
         points = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
         if points:
-            ax.plot(*zip(*points), style, label=label)
+            ax.plot(*zip(*points, strict=True), style, label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("RAG-Sequence NLL")
     ax.legend()
@@ -167,4 +171,3 @@ def plot_history(history: TrainHistory, path: Union[str, Path]) -> Optional[Path
     fig.savefig(buffer, format="png")
     atomic_write_bytes(path, buffer.getvalue())
     return path
-

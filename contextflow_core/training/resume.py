@@ -18,6 +18,7 @@ Rules (documented in `TrainConfig.resume` / `resume_mismatch`):
   unless `resume_mismatch` says which side wins. Settings a user legitimately changes
   to train longer or log differently (`FREE_TRAIN_FIELDS`, `FREE_RAG_FIELDS`) never count.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,33 +29,73 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from contextflow_core.config import RagConfig, TrainConfig, to_dict
 from contextflow_core.training import checkpoint as ckpt
 
-__all__ = ["FREE_RAG_FIELDS", "FREE_TRAIN_FIELDS", "ResumePlan", "check_collisions", "check_resume",
-           "model_identity", "new_run_id", "plan_resume"]
+__all__ = [
+    "FREE_RAG_FIELDS",
+    "FREE_TRAIN_FIELDS",
+    "ResumePlan",
+    "check_collisions",
+    "check_resume",
+    "model_identity",
+    "new_run_id",
+    "plan_resume",
+]
 
 #: TrainConfig fields that may differ between a checkpoint and the resuming call (they do not
 #: change what one optimiser step does: length of training, evaluation, saving, logging).
-FREE_TRAIN_FIELDS = frozenset({
-    "num_epochs", "max_steps", "output_dir", "resume", "resume_mismatch", "save_steps", "save_on_epoch_end",
-    "save_total_limit", "log_every", "progress", "plot", "eval_steps", "eval_on_epoch_end", "eval_generate",
-    "eval_max_new_tokens", "eval_decoding", "early_stopping_patience", "early_stopping_min_delta",
-    "max_nonfinite_steps", "seed", "gradient_checkpointing", "report_to",
-})
+FREE_TRAIN_FIELDS = frozenset(
+    {
+        "num_epochs",
+        "max_steps",
+        "output_dir",
+        "resume",
+        "resume_mismatch",
+        "save_steps",
+        "save_on_epoch_end",
+        "save_total_limit",
+        "log_every",
+        "progress",
+        "plot",
+        "eval_steps",
+        "eval_on_epoch_end",
+        "eval_generate",
+        "eval_max_new_tokens",
+        "eval_decoding",
+        "early_stopping_patience",
+        "early_stopping_min_delta",
+        "max_nonfinite_steps",
+        "seed",
+        "gradient_checkpointing",
+        "report_to",
+    }
+)
 #: RagConfig fields that change memory use or speed only, never the loss.
 FREE_RAG_FIELDS = frozenset({"micro_batch_size", "gradient_checkpointing", "scoring"})
 
 #: HF config keys that vary with how a model was loaded or is run, not with what it is.
-_VOLATILE_CONFIG_KEYS = frozenset({
-    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "_commit_hash",
-    "_attn_implementation", "_attn_implementation_autoset", "_attn_implementation_internal",
-    "output_hidden_states", "output_attentions", "return_dict", "use_return_dict",
-})
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+        "_commit_hash",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "_attn_implementation_internal",
+        "output_hidden_states",
+        "output_attentions",
+        "return_dict",
+        "use_return_dict",
+    }
+)
 _SAMPLES = 4096  # values hashed per frozen tensor
 
 
@@ -104,9 +145,13 @@ def _tokenizers_digest(model) -> str:
     digest = hashlib.sha256()
     encoder = getattr(model, "question_encoder", None)
     for tok in (getattr(model, "generator_tokenizer", None), getattr(encoder, "tokenizer", None)):
-        vocab = sorted(tok.get_vocab().items()) if hasattr(tok, "get_vocab") else []
-        info = {"class": type(tok).__name__, "vocab": vocab, "special": getattr(tok, "special_tokens_map", None),
-                "chat_template": getattr(tok, "chat_template", None)}
+        vocab = sorted(tok.get_vocab().items()) if tok is not None and hasattr(tok, "get_vocab") else []
+        info = {
+            "class": type(tok).__name__,
+            "vocab": vocab,
+            "special": getattr(tok, "special_tokens_map", None),
+            "chat_template": getattr(tok, "chat_template", None),
+        }
         digest.update(json.dumps(info, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
@@ -121,8 +166,12 @@ def model_identity(model) -> dict[str, Any]:
     special tokens, chat template).
     """
     configs, names = _configs(model)
-    return {"weights": _weights_digest(model), "configs": configs, "tokenizers": _tokenizers_digest(model),
-            "models": names}
+    return {
+        "weights": _weights_digest(model),
+        "configs": configs,
+        "tokenizers": _tokenizers_digest(model),
+        "models": names,
+    }
 
 
 # ---------------------------------------------------------------------------- plan
@@ -141,22 +190,22 @@ class ResumePlan:
         differences: "TrainConfig.x: checkpoint a, now b" lines (non-free fields only).
     """
 
-    path: Optional[Path]
-    run_id: Optional[str]
+    path: Path | None
+    run_id: str | None
     config: TrainConfig
-    rag_config: Optional[RagConfig] = None
+    rag_config: RagConfig | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     trainer_state: dict[str, Any] = field(default_factory=dict)
     differences: list[str] = field(default_factory=list)
 
 
-def resume_path(config: TrainConfig) -> Optional[Path]:
+def resume_path(config: TrainConfig) -> Path | None:
     """The checkpoint `config.resume` points at, or None."""
     resume, output_dir = config.resume, config.output_dir
-    if resume in (False, None) or (resume == "auto" and output_dir is None):
+    if resume in (False, None):
         return None
     if resume == "auto":
-        return ckpt.latest_checkpoint(output_dir)
+        return None if output_dir is None else ckpt.latest_checkpoint(output_dir)
     path = Path(resume)
     if path.is_dir() and not (path / ckpt.MANIFEST).exists() and ckpt.latest_checkpoint(path):
         return ckpt.latest_checkpoint(path)  # an output_dir: its newest checkpoint
@@ -170,8 +219,11 @@ def _json_ready(value: Any) -> Any:
 
 
 def _differences(kind: str, recorded: dict, current: dict, free: frozenset) -> list[str]:
-    return [f"{kind}.{name}: checkpoint {recorded[name]!r}, now {value!r}" for name, value in current.items()
-            if name not in free and name in recorded and recorded[name] != value]
+    return [
+        f"{kind}.{name}: checkpoint {recorded[name]!r}, now {value!r}"
+        for name, value in current.items()
+        if name not in free and name in recorded and recorded[name] != value
+    ]
 
 
 def plan_resume(model, config: TrainConfig) -> ResumePlan:
@@ -186,11 +238,13 @@ def plan_resume(model, config: TrainConfig) -> ResumePlan:
     rag_diff = _differences("RagConfig", rag_then, rag_now, FREE_RAG_FIELDS)
     plan = ResumePlan(path, manifest.get("run_id"), config, None, manifest, state, train_diff + rag_diff)
     if config.resume_mismatch == "checkpoint":
-        plan.config = dataclasses.replace(config, **{n: train_then[n] for n in train_now
-                                                     if n not in FREE_TRAIN_FIELDS and n in train_then})
+        plan.config = dataclasses.replace(
+            config, **{n: train_then[n] for n in train_now if n not in FREE_TRAIN_FIELDS and n in train_then}
+        )
         if rag_diff:
-            plan.rag_config = RagConfig(**{**rag_now, **{n: rag_then[n] for n in rag_now
-                                                         if n not in FREE_RAG_FIELDS and n in rag_then}})
+            plan.rag_config = RagConfig(
+                **{**rag_now, **{n: rag_then[n] for n in rag_now if n not in FREE_RAG_FIELDS and n in rag_then}}
+            )
     return plan
 
 
@@ -210,27 +264,38 @@ def check_resume(plan: ResumePlan, model, identity: dict[str, Any]) -> None:
     then = plan.manifest.get("identity") or {}
     changed = [k for k in ("weights", "configs", "tokenizers") if k in then and then[k] != identity[k]]
     if changed:
-        what = {"weights": "frozen weights or buffers", "configs": "model configs or encoder settings",
-                "tokenizers": "tokenizers"}
-        detail = (f"resume: checkpoint {path} was written for another model: its {', '.join(what[k] for k in changed)}"
-                  f" differ (checkpoint models {then.get('models')}, now {identity['models']})")
+        what = {
+            "weights": "frozen weights or buffers",
+            "configs": "model configs or encoder settings",
+            "tokenizers": "tokenizers",
+        }
+        detail = (
+            f"resume: checkpoint {path} was written for another model: its {', '.join(what[k] for k in changed)}"
+            f" differ (checkpoint models {then.get('models')}, now {identity['models']})"
+        )
         if mode != "current":
-            raise ValueError(f"{detail}; resume with the model the run started from, set "
-                             "resume_mismatch='current' to load its trainable parameters into this model anyway, "
-                             "or use a fresh output_dir")
+            raise ValueError(
+                f"{detail}; resume with the model the run started from, set "
+                "resume_mismatch='current' to load its trainable parameters into this model anyway, "
+                "or use a fresh output_dir"
+            )
         warnings.warn(f"{detail}; resume_mismatch='current': loading it anyway", stacklevel=4)
     if plan.differences and mode == "error":
         raise ValueError(
             f"resume: checkpoint {path} was written with another set-up: {'; '.join(plan.differences)}. "
             "Set resume_mismatch='checkpoint' to continue with the recorded settings, "
-            "resume_mismatch='current' to continue with yours, or use a fresh output_dir")
+            "resume_mismatch='current' to continue with yours, or use a fresh output_dir"
+        )
     if plan.differences:
         winner = "the checkpoint's" if mode == "checkpoint" else "yours"
-        warnings.warn(f"resume: {path} differs ({'; '.join(plan.differences)}); "
-                      f"resume_mismatch={mode!r}: continuing with {winner}", stacklevel=4)
+        warnings.warn(
+            f"resume: {path} differs ({'; '.join(plan.differences)}); "
+            f"resume_mismatch={mode!r}: continuing with {winner}",
+            stacklevel=4,
+        )
 
 
-def check_collisions(output_dir: Optional[Path], run_id: Optional[str], start_step: int, total_steps: int) -> None:
+def check_collisions(output_dir: Path | None, run_id: str | None, start_step: int, total_steps: int) -> None:
     """Refuse a run that could overwrite another run's checkpoint in `output_dir` (before training).
 
     Raises:
@@ -238,8 +303,11 @@ def check_collisions(output_dir: Optional[Path], run_id: Optional[str], start_st
     """
     if output_dir is None:
         return
-    others = [i for i in map(ckpt.checkpoint_info, ckpt.list_checkpoints(output_dir))
-              if i["run_id"] != run_id and start_step < i["step"] <= total_steps]
+    others = [
+        i
+        for i in map(ckpt.checkpoint_info, ckpt.list_checkpoints(output_dir))
+        if i["run_id"] != run_id and start_step < i["step"] <= total_steps
+    ]
     if not others:
         return
     names = [i["path"].name for i in others]
@@ -247,4 +315,5 @@ def check_collisions(output_dir: Optional[Path], run_id: Optional[str], start_st
         f"output_dir: {output_dir} holds checkpoints of another run ({names[:4]}{' ...' if len(names) > 4 else ''}, "
         f"run id {others[0]['run_id']!r}) that this run (run id {run_id!r}, steps {start_step + 1}..{total_steps}) "
         "would overwrite; use a fresh output_dir, resume='auto' to continue the newest run there, "
-        "or move those checkpoints away")
+        "or move those checkpoints away"
+    )

@@ -5,12 +5,13 @@ train-loss lines, evaluations (with early stopping), checkpoints, the summary.
 Every function that communicates across processes is called by all of them at
 the same step, so collectives line up. No printing here.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -64,16 +65,16 @@ class TrainingRun:
     restore: dict[str, Any]
     history: TrainHistory = field(default_factory=TrainHistory)
     pos: dict[str, int] = field(default_factory=lambda: {"epoch": 0, "batches_in_epoch": 0, "bad_evals": 0})
-    log: Optional[MetricsLog] = None
+    log: MetricsLog | None = None
     bar: Any = None
     window: dict[str, float] = field(default_factory=dict)
     since_log: dict[str, float] = field(default_factory=dict)
     nonfinite_in_a_row: int = 0
-    grad_norm: Optional[float] = None
+    grad_norm: float | None = None
     started: float = field(default_factory=time.perf_counter)
     refresher: Any = None
-    run_id: Optional[str] = None
-    identity: Optional[dict[str, Any]] = None
+    run_id: str | None = None
+    identity: dict[str, Any] | None = None
     rag_config: Any = None
 
     def __post_init__(self) -> None:
@@ -81,7 +82,7 @@ class TrainingRun:
         self.reset_since_log()
 
     @property
-    def output_dir(self) -> Optional[Path]:
+    def output_dir(self) -> Path | None:
         return Path(self.config.output_dir) if self.config.output_dir else None
 
     @property
@@ -111,7 +112,7 @@ class TrainingRun:
 
 
 def _lrs(run: TrainingRun) -> dict[str, float]:
-    lrs = {}
+    lrs: dict[str, float] = {}
     for group in run.optimizer.param_groups:
         lrs.setdefault(f"lr/{str(group.get('name', 'all')).split('/')[0]}", group["lr"])
     return {"lr": next(iter(lrs.values())), **lrs}
@@ -125,9 +126,16 @@ def log_train(run: TrainingRun) -> None:
         totals = acc.reduce(totals, reduction="sum")
     loss_sum, steps, items = totals.tolist()
     elapsed = max(time.perf_counter() - s["time"], 1e-9)
-    record = {"type": "train", "step": run.history.global_step, "epoch": run.epoch_float,
-              "loss": loss_sum / steps, **_lrs(run), "grad_norm": run.grad_norm,
-              "items_per_s": items / elapsed, "elapsed_s": time.perf_counter() - run.started}
+    record = {
+        "type": "train",
+        "step": run.history.global_step,
+        "epoch": run.epoch_float,
+        "loss": loss_sum / steps,
+        **_lrs(run),
+        "grad_norm": run.grad_norm,
+        "items_per_s": items / elapsed,
+        "elapsed_s": time.perf_counter() - run.started,
+    }
     run.record(run.history.train, record)
     run.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", items_s=f"{record['items_per_s']:.1f}")
     run.reset_since_log()
@@ -138,9 +146,15 @@ def run_evaluation(run: TrainingRun) -> None:
     cfg, h = run.config, run.history
     if h.eval and h.eval[-1]["step"] == h.global_step:
         return  # already evaluated at this step
-    metrics = evaluate(run.raw, run.val_data, num_docs=cfg.num_docs, generate=cfg.eval_generate,
-                       max_new_tokens=cfg.eval_max_new_tokens, decoding=cfg.eval_decoding,
-                       accelerator=None if fsdp.is_sharded(run.raw) else run.accelerator)  # FSDP: all, in step
+    metrics = evaluate(
+        run.raw,
+        run.val_data,
+        num_docs=cfg.num_docs,
+        generate=cfg.eval_generate,
+        max_new_tokens=cfg.eval_max_new_tokens,
+        decoding=cfg.eval_decoding,
+        accelerator=None if fsdp.is_sharded(run.raw) else run.accelerator,
+    )  # FSDP: all, in step
     set_train_modes(run.raw)  # evaluate restores modes itself; re-assert the training ones
     run.record(h.eval, {"type": "eval", "step": h.global_step, "epoch": run.epoch_float, **metrics})
     if h.best_val_loss is None or metrics["loss"] < h.best_val_loss - cfg.early_stopping_min_delta:
@@ -153,11 +167,17 @@ def run_evaluation(run: TrainingRun) -> None:
 
 def trainer_state(run: TrainingRun) -> dict[str, Any]:
     """The JSON-ready loop state a checkpoint stores (see `checkpoint.save_checkpoint`)."""
-    return {"global_step": run.history.global_step, "position": dict(run.pos),
-            "sampler": run.sampler.state_dict() if hasattr(run.sampler, "state_dict") else None,
-            "batches_per_epoch": run.batches_per_epoch, "num_processes": run.accelerator.num_processes,
-            "history": run.history.to_dict(), "config": to_dict(run.config), "run_id": run.run_id,
-            "rag_config": to_dict(run.rag_config) if run.rag_config is not None else None}
+    return {
+        "global_step": run.history.global_step,
+        "position": dict(run.pos),
+        "sampler": run.sampler.state_dict() if hasattr(run.sampler, "state_dict") else None,
+        "batches_per_epoch": run.batches_per_epoch,
+        "num_processes": run.accelerator.num_processes,
+        "history": run.history.to_dict(),
+        "config": to_dict(run.config),
+        "run_id": run.run_id,
+        "rag_config": to_dict(run.rag_config) if run.rag_config is not None else None,
+    }
 
 
 def _refreshed_index(run: TrainingRun):
@@ -179,30 +199,47 @@ def save_now(run: TrainingRun) -> None:
     rng = [ckpt.capture_rng_state()]
     if acc.num_processes > 1:
         rng = gather_object(rng)
-    path = run.output_dir / ckpt.checkpoint_name(run.history.global_step)
+    output_dir = run.output_dir
+    assert output_dir is not None  # TrainConfig refuses save_steps without output_dir
+    path = output_dir / ckpt.checkpoint_name(run.history.global_step)
     shards = fsdp.stage_shards(run, path.name) if fsdp.is_sharded(run.raw) else None  # every process
     previous, run.history.last_checkpoint = run.history.last_checkpoint, str(path)
     if run.main:
         try:
-            ckpt.save_checkpoint(path, model=run.raw, optimizer=run.optimizer, scheduler=run.scheduler,
-                                 trainer_state=trainer_state(run), rng_states=rng, scaler=acc.scaler,
-                                 run_id=run.run_id, identity=run.identity, index=_refreshed_index(run),
-                                 shards=shards)
+            ckpt.save_checkpoint(
+                path,
+                model=run.raw,
+                optimizer=run.optimizer,
+                scheduler=run.scheduler,
+                trainer_state=trainer_state(run),
+                rng_states=rng,
+                scaler=acc.scaler,
+                run_id=run.run_id,
+                identity=run.identity,
+                index=_refreshed_index(run),
+                shards=shards,
+            )
             if shards is not None:
                 shards[0].rmdir()
         except BaseException:
             run.history.last_checkpoint = previous
             raise
-        ckpt.rotate_checkpoints(run.output_dir, run.config.save_total_limit, run.run_id)
+        ckpt.rotate_checkpoints(output_dir, run.config.save_total_limit, run.run_id)
     acc.wait_for_everyone()
 
 
 def summary(run: TrainingRun) -> dict[str, Any]:
     """Name -> value rows of the final summary table."""
     h = run.history
-    rows = {"stop_reason": h.stop_reason, "global_step": h.global_step, "epochs_completed": h.epochs_completed,
-            "skipped_steps": h.skipped_steps, "train_loss": h.train[-1]["loss"] if h.train else None,
-            "best_val_loss": h.best_val_loss, "best_step": h.best_step}
+    rows = {
+        "stop_reason": h.stop_reason,
+        "global_step": h.global_step,
+        "epochs_completed": h.epochs_completed,
+        "skipped_steps": h.skipped_steps,
+        "train_loss": h.train[-1]["loss"] if h.train else None,
+        "best_val_loss": h.best_val_loss,
+        "best_step": h.best_step,
+    }
     if h.eval:
         rows.update({f"val_{k}": v for k, v in h.eval[-1].items() if k not in ("type", "step", "epoch")})
     rows.update(time_s=round(time.perf_counter() - run.started, 1), last_checkpoint=h.last_checkpoint)

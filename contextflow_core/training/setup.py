@@ -2,6 +2,7 @@
 
 Boundary: everything the loop needs before its first step. No printing.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +10,10 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, cast
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from contextflow_core.config import TrainConfig, from_dict, to_dict
 from contextflow_core.io_utils import atomic_write_text
@@ -24,11 +25,20 @@ from contextflow_core.training.run import TrainingRun
 from contextflow_core.training.trackers import accelerator_kwargs
 from contextflow_core.types import Passage
 
-__all__ = ["as_dataloader", "begin_run", "check_answer_lengths", "check_inputs", "fits", "make_accelerator",
-           "open_records", "resolve_config", "warn_stale_index"]
+__all__ = [
+    "as_dataloader",
+    "begin_run",
+    "check_answer_lengths",
+    "check_inputs",
+    "fits",
+    "make_accelerator",
+    "open_records",
+    "resolve_config",
+    "warn_stale_index",
+]
 
 
-def resolve_config(config, num_epochs: Optional[int], learning_rate: Optional[float]) -> TrainConfig:
+def resolve_config(config, num_epochs: int | None, learning_rate: float | None) -> TrainConfig:
     """The TrainConfig to use: `config` (or defaults) with the seed-style keyword overrides.
 
     Raises:
@@ -41,7 +51,7 @@ def resolve_config(config, num_epochs: Optional[int], learning_rate: Optional[fl
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig or a dict of its fields, got {type(config).__name__}")
     defaults = TrainConfig()
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for name, value in (("num_epochs", num_epochs), ("learning_rate", learning_rate)):
         current = getattr(config, name)
         if value is None or value == current:
@@ -59,7 +69,7 @@ def _identity(item):
 def as_dataloader(data, name: str) -> DataLoader:
     """`data` as a non-empty sized DataLoader (a list of batches is wrapped, batches kept as they are)."""
     if isinstance(data, (list, tuple)):
-        data = DataLoader(list(data), batch_size=None, shuffle=False, collate_fn=_identity)
+        data = DataLoader(cast("Dataset", list(data)), batch_size=None, shuffle=False, collate_fn=_identity)
     if not isinstance(data, DataLoader):
         raise ValueError(f"{name}: expected a torch DataLoader or a list of batches, got {type(data).__name__}")
     try:
@@ -102,7 +112,7 @@ def check_answer_lengths(model, loader: DataLoader, slack: int = 16) -> None:
         return
     prompts = model.prompts
     lengths = prompts.text_ids([e.question for e in examples] + [e.answer for e in examples])
-    sizes = [len(q) + len(a) for q, a in zip(lengths[: len(examples)], lengths[len(examples):])]
+    sizes = [len(q) + len(a) for q, a in zip(lengths[: len(examples)], lengths[len(examples) :], strict=True)]
     prefix, suffix = prompts.frame_ids(examples[0].question)
     overhead = len(prefix) + len(suffix) + 1 - len(lengths[0])  # frame without the question, plus EOS
     for i, ex in enumerate(examples):
@@ -111,8 +121,9 @@ def check_answer_lengths(model, loader: DataLoader, slack: int = 16) -> None:
         try:
             prompts.encode(ex.question, Passage(id="-", text="-"), ex.answer)
         except ValueError as e:
-            raise ValueError(f"train_dataloader: example {i} (question {ex.question[:60]!r}) "
-                             f"cannot be trained on: {e}") from e
+            raise ValueError(
+                f"train_dataloader: example {i} (question {ex.question[:60]!r}) cannot be trained on: {e}"
+            ) from e
 
 
 def make_accelerator(config: TrainConfig):
@@ -121,10 +132,13 @@ def make_accelerator(config: TrainConfig):
     from accelerate.state import AcceleratorState
 
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    kwargs = dict(mixed_precision=config.mixed_precision, cpu=multi_cpu,
-                  gradient_accumulation_steps=config.gradient_accumulation_steps,
-                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-                  **accelerator_kwargs(config))  # TrainConfig.report_to: log_with and the trackers' folder
+    kwargs = dict(
+        mixed_precision=config.mixed_precision,
+        cpu=multi_cpu,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        **accelerator_kwargs(config),
+    )  # TrainConfig.report_to: log_with and the trackers' folder
     try:
         return Accelerator(**kwargs)
     except ValueError as e:  # another Accelerator fixed a different mixed precision in this process
@@ -138,13 +152,16 @@ def warn_stale_index(model, config: TrainConfig) -> None:
     """Warn (once per `train_rag` call) when the context encoder trains but the index is never refreshed."""
     stored = getattr(model, "store", None) is not None  # over a store this is an error (store_rag)
     if getattr(model.config, "train_context_encoder", False) and not config.refresh_index_steps and not stored:
-        warnings.warn("train_rag: RagConfig(train_context_encoder=True) trains the context encoder, but "
-                      "TrainConfig.refresh_index_steps is None: the index keeps the embeddings of the encoder "
-                      "before training and goes stale (retrieval drifts from the trained encoder); set "
-                      "refresh_index_steps=N to rebuild it every N optimizer steps", stacklevel=4)
+        warnings.warn(
+            "train_rag: RagConfig(train_context_encoder=True) trains the context encoder, but "
+            "TrainConfig.refresh_index_steps is None: the index keeps the embeddings of the encoder "
+            "before training and goes stale (retrieval drifts from the trained encoder); set "
+            "refresh_index_steps=N to rebuild it every N optimizer steps",
+            stacklevel=4,
+        )
 
 
-def _shared_run_id(run: TrainingRun, run_id: Optional[str]) -> Optional[str]:
+def _shared_run_id(run: TrainingRun, run_id: str | None) -> str | None:
     """The main process's run id on every process."""
     if run.accelerator.num_processes == 1:
         return run_id
@@ -173,18 +190,28 @@ def begin_run(run: TrainingRun, plan: ResumePlan) -> None:
 def _load(run: TrainingRun, path: Path) -> None:
     """Load the checkpoint at `path` into the run (weights, optimiser, RNG, refreshed index, history)."""
     acc = run.accelerator
-    state = ckpt.load_checkpoint(path, model=run.raw, optimizer=run.optimizer, scheduler=run.scheduler,
-                                 scaler=acc.scaler, rank=acc.process_index,
-                                 retriever=getattr(run.raw, "retriever", None), read_shards=fsdp.shard_reader(run))
+    state = ckpt.load_checkpoint(
+        path,
+        model=run.raw,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        scaler=acc.scaler,
+        rank=acc.process_index,
+        retriever=getattr(run.raw, "retriever", None),
+        read_shards=fsdp.shard_reader(run),
+    )
     run.pos = dict(state["position"])
     run.history = TrainHistory.from_dict(state["history"])
     if run.history.stop_reason != "early_stopping":
         run.history.stop_reason = ""  # more epochs or steps may have been asked for
     run.history.resumed_from = str(path)
     if state["batches_per_epoch"] != run.batches_per_epoch or state["num_processes"] != acc.num_processes:
-        warnings.warn(f"resume: {path} was written with {state['batches_per_epoch']} batches per epoch on "
-                      f"{state['num_processes']} process(es), now {run.batches_per_epoch} on {acc.num_processes}; "
-                      "the data order will not match the interrupted run", stacklevel=3)
+        warnings.warn(
+            f"resume: {path} was written with {state['batches_per_epoch']} batches per epoch on "
+            f"{state['num_processes']} process(es), now {run.batches_per_epoch} on {acc.num_processes}; "
+            "the data order will not match the interrupted run",
+            stacklevel=3,
+        )
 
 
 def open_records(run: TrainingRun) -> None:
@@ -198,5 +225,11 @@ def open_records(run: TrainingRun) -> None:
         run.log = MetricsLog(run.output_dir / "metrics.jsonl")
         run.log.reset(run.history.records)
     run.accelerator.wait_for_everyone()
-    run.bar = tqdm(total=run.total_steps, initial=min(run.history.global_step, run.total_steps), unit="step",
-                   desc="training", disable=not (run.main and run.config.progress), dynamic_ncols=True)
+    run.bar = tqdm(
+        total=run.total_steps,
+        initial=min(run.history.global_step, run.total_steps),
+        unit="step",
+        desc="training",
+        disable=not (run.main and run.config.progress),
+        dynamic_ncols=True,
+    )

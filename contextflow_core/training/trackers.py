@@ -15,6 +15,7 @@ Example:
     >>> train_rag(rag, train, config=config)  # doctest: +SKIP
     >>> # tensorboard --logdir runs/a/trackers
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,8 +27,16 @@ from typing import Any
 
 from contextflow_core.config import TRACKERS, TrainConfig, to_dict
 
-__all__ = ["PROJECT_NAME", "TRACKER_PACKAGES", "accelerator_kwargs", "check_trackers", "end_trackers",
-           "log_record", "start_trackers", "tracker_values"]
+__all__ = [
+    "PROJECT_NAME",
+    "TRACKER_PACKAGES",
+    "accelerator_kwargs",
+    "check_trackers",
+    "end_trackers",
+    "log_record",
+    "start_trackers",
+    "tracker_values",
+]
 
 PROJECT_NAME = "contextflow"
 #: tracker name -> (module it imports, what to pip install).
@@ -60,8 +69,10 @@ def check_trackers(config: TrainConfig) -> None:
     for name in config.report_to or ():
         module, pip = TRACKER_PACKAGES[name]
         if not module_available(module):
-            raise ValueError(f"report_to: {name!r} needs the package {module!r}, which is not installed; "
-                             f"run `pip install {pip}` or drop {name!r} from report_to")
+            raise ValueError(
+                f"report_to: {name!r} needs the package {module!r}, which is not installed; "
+                f"run `pip install {pip}` or drop {name!r} from report_to"
+            )
 
 
 def accelerator_kwargs(config: TrainConfig) -> dict[str, Any]:

@@ -20,6 +20,7 @@ Example:
     >>> result = finetune_from_vectorstore(store, "qa.jsonl")  # doctest: +SKIP
     >>> chain = result.retriever | format_docs | prompt | result.chat_model() | StrOutputParser()  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from contextflow_integrations import lazy_exports

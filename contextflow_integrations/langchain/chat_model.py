@@ -10,12 +10,13 @@ Example:
     >>> chat.invoke("Who founded Tarsk?").content  # doctest: +SKIP
     'Ilo'
 """
+
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Literal
 
 import torch
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -55,25 +56,25 @@ class _LocalGeneration(BaseModel):
     """A HF causal LM (plain, PEFT-wrapped or quantized), e.g. `RAGSequence.generator`."""
     tokenizer: Any = Field(repr=False)
     """Its tokenizer."""
-    model_name: Optional[str] = None
+    model_name: str | None = None
     """Name reported to LangSmith and in response metadata; default: the generator's `name_or_path`."""
     temperature: float = 0.0
     """Sampling temperature; 0 decodes greedily."""
     max_tokens: int = 256
     """Maximum number of new tokens."""
-    top_p: Optional[float] = None
+    top_p: float | None = None
     """Nucleus sampling mass (only when temperature > 0)."""
-    stop: Optional[list[str]] = None
+    stop: list[str] | None = None
     """Stop sequences: text ends before the first one."""
     streaming: bool = False
     """Route `invoke` through `_stream` (so callbacks get every token)."""
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
     """More `generator.generate` arguments (e.g. `repetition_penalty`); unknown names are refused."""
-    timeout: Optional[float] = None
+    timeout: float | None = None
     """Seconds a call may generate for (HF `max_time`); None: no limit."""
-    max_retries: Optional[int] = None
+    max_retries: int | None = None
     """Accepted as LangChain's standard parameter; a local generator has nothing to retry (warns when set)."""
-    api_key: Optional[str] = Field(default=None, repr=False)
+    api_key: str | None = Field(default=None, repr=False)
     """Accepted as LangChain's standard parameter; a local generator needs no key (warns when set)."""
 
     @model_validator(mode="before")
@@ -84,47 +85,68 @@ class _LocalGeneration(BaseModel):
     @model_validator(mode="after")
     def _check_models(self):
         if not callable(getattr(self.generator, "generate", None)):
-            raise ValueError("generator: expected a HF causal LM with .generate(), "
-                             f"got {type(self.generator).__name__}")
+            raise ValueError(
+                f"generator: expected a HF causal LM with .generate(), got {type(self.generator).__name__}"
+            )
         if not callable(self.tokenizer) or not hasattr(self.tokenizer, "decode"):
             raise ValueError(f"tokenizer: expected a HF tokenizer, got {type(self.tokenizer).__name__}")
         if self.model_name is None:
             cfg = getattr(self.generator, "config", None)
-            self.model_name = (getattr(self.generator, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
-                               or type(self.generator).__name__)
+            self.model_name = (
+                getattr(self.generator, "name_or_path", None)
+                or getattr(cfg, "_name_or_path", None)
+                or type(self.generator).__name__
+            )
         return self
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "top_p": self.top_p, "stop": self.stop, "timeout": self.timeout, **self.generate_kwargs}
+        return {
+            "model_name": self.model_name,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "stop": self.stop,
+            "timeout": self.timeout,
+            **self.generate_kwargs,
+        }
 
-    def _ls_params(self, model_type: str, stop: Optional[list[str]], kwargs: dict) -> LangSmithParams:
+    def _ls_params(self, model_type: Literal["chat", "llm"], stop: list[str] | None, kwargs: dict) -> LangSmithParams:
         params = LangSmithParams(
-            ls_provider="contextflow", ls_model_name=kwargs.get("model") or self.model_name,
-            ls_model_type=model_type, ls_temperature=kwargs.get("temperature", self.temperature),
-            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens))
+            ls_provider="contextflow",
+            ls_model_name=str(kwargs.get("model") or self.model_name),
+            ls_model_type=model_type,
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
         stops = stop if stop is not None else self.stop
         if stops:
             params["ls_stop"] = list(stops)
         return params
 
-    def _settings(self, prompt_length: int, stop: Optional[list[str]],
-                  kwargs: dict) -> tuple[list[str], dict, threading.Event]:
+    def _settings(
+        self, prompt_length: int, stop: list[str] | None, kwargs: dict
+    ) -> tuple[list[str], dict, threading.Event]:
         """Stop sequences, `generate` kwargs and a cancel flag for one call."""
         kwargs = dict(kwargs)
         name = kwargs.pop("model", None)
         if name is not None and name != self.model_name:
-            raise ValueError(f"model: this instance runs the local generator {self.model_name!r}, got {name!r}; "
-                             "build another instance for another generator")
+            raise ValueError(
+                f"model: this instance runs the local generator {self.model_name!r}, got {name!r}; "
+                "build another instance for another generator"
+            )
         stops = [s for s in (stop if stop is not None else self.stop or []) if s]
         max_tokens, temperature, top_p, timeout, kwargs = call_settings(f"{type(self).__name__}.invoke", self, kwargs)
         cancel = threading.Event()
-        gen = {"max_new_tokens": max_tokens, "do_sample": temperature > 0,
-               "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-               else self.tokenizer.eos_token_id,
-               "stopping_criteria": StoppingCriteriaList([StopCriteria(self.tokenizer, prompt_length, stops, cancel)]),
-               **kwargs}
+        gen = {
+            "max_new_tokens": max_tokens,
+            "do_sample": temperature > 0,
+            "pad_token_id": self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id,
+            "stopping_criteria": StoppingCriteriaList([StopCriteria(self.tokenizer, prompt_length, stops, cancel)]),
+            **kwargs,
+        }
         if timeout is not None:
             gen["max_time"] = timeout
         if temperature > 0:
@@ -135,22 +157,23 @@ class _LocalGeneration(BaseModel):
 
     def _inputs(self, text: str, add_special_tokens: bool, literal: bool = False) -> dict[str, torch.Tensor]:
         device = next(self.generator.parameters()).device
-        batch = self.tokenizer(text, add_special_tokens=add_special_tokens, return_tensors="pt",
-                               split_special_tokens=literal)
+        batch = self.tokenizer(
+            text, add_special_tokens=add_special_tokens, return_tensors="pt", split_special_tokens=literal
+        )
         return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _finish(self, new_ids: list[int], hit_stop: bool, max_new_tokens: int) -> str:
-        """"stop" (EOS or a stop sequence) or "length" (ran out of `max_tokens`)."""
+        """ "stop" (EOS or a stop sequence) or "length" (ran out of `max_tokens`)."""
         config = getattr(self.generator, "generation_config", None)
         eos = getattr(config, "eos_token_id", None)
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {self.tokenizer.eos_token_id}
         ended = bool(new_ids) and new_ids[-1] in eos
         return "stop" if hit_stop or ended or len(new_ids) < max_new_tokens else "length"
 
-    def _run(self, inputs: dict, stop: Optional[list[str]], kwargs: dict) -> tuple[str, dict, UsageMetadata]:
+    def _run(self, inputs: dict, stop: list[str] | None, kwargs: dict) -> tuple[str, dict, UsageMetadata]:
         """Generate once: (text, response metadata, usage)."""
         n_in = inputs["input_ids"].shape[1]
         stops, gen, _ = self._settings(n_in, stop, kwargs)
@@ -184,8 +207,7 @@ class _LocalGeneration(BaseModel):
         if rest:
             yield rest
 
-    def _run_stream(self, inputs: dict, stop: Optional[list[str]],
-                    kwargs: dict) -> Iterator[tuple[str, Optional[dict]]]:
+    def _run_stream(self, inputs: dict, stop: list[str] | None, kwargs: dict) -> Iterator[tuple[str, dict | None]]:
         """Yield (text piece, None) as tokens arrive, then ("", {"metadata", "usage"}) once at the end.
 
         The generator runs in a background thread (`generate(streamer=...)`) and hands each
@@ -193,7 +215,7 @@ class _LocalGeneration(BaseModel):
         """
         n_in = inputs["input_ids"].shape[1]
         stops, gen, cancel = self._settings(n_in, stop, kwargs)
-        streamer, errors, ids = TokenQueue(), [], []
+        streamer, errors, ids = TokenQueue(), list[BaseException](), list[int]()
 
         def work() -> None:
             try:
@@ -219,7 +241,9 @@ class _LocalGeneration(BaseModel):
 
 
 def _usage(n_in: int, n_out: int) -> UsageMetadata:
-    return UsageMetadata(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out)
+    # the *_token_details keys are NotRequired, but langchain-core imports NotRequired from 3.11's typing, which
+    # mypy's python_version = "3.10" does not know
+    return UsageMetadata(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out)  # type: ignore[typeddict-item]
 
 
 # ----------------------------------------------------------------------------- messages
@@ -291,7 +315,7 @@ class ChatContextFlow(ChatConventions, _LocalGeneration, BaseChatModel):
     """
 
     @classmethod
-    def from_rag(cls, rag: Any, **kwargs: Any) -> "ChatContextFlow":
+    def from_rag(cls, rag: Any, **kwargs: Any) -> ChatContextFlow:
         """The generator and tokenizer of a `RAGSequence` (e.g. a fine-tuned one)."""
         return cls(generator=rag.generator, tokenizer=rag.generator_tokenizer, **kwargs)
 
@@ -299,7 +323,7 @@ class ChatContextFlow(ChatConventions, _LocalGeneration, BaseChatModel):
     def _llm_type(self) -> str:
         return "contextflow-chat"
 
-    def _get_ls_params(self, stop: Optional[list[str]] = None, **kwargs: Any) -> LangSmithParams:
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return self._ls_params("chat", stop, kwargs)
 
     def _chat_inputs(self, messages: list[BaseMessage]) -> dict[str, torch.Tensor]:
@@ -311,25 +335,42 @@ class ChatContextFlow(ChatConventions, _LocalGeneration, BaseChatModel):
         device = next(self.generator.parameters()).device
         return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
-    def _generate(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
-                  run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         text, meta, usage = self._run(self._chat_inputs(messages), stop, kwargs)
         message = AIMessage(content=text, response_metadata=meta, usage_metadata=usage)
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info=dict(meta))],
-                          llm_output={"model_name": self.model_name})
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info=dict(meta))],
+            llm_output={"model_name": self.model_name},
+        )
 
-    def _stream(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
-                run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         for piece, final in self._run_stream(self._chat_inputs(messages), stop, kwargs):
             if final is None:
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             else:
                 chunk = ChatGenerationChunk(
-                    message=AIMessageChunk(content="", response_metadata=final["metadata"],
-                                           usage_metadata=final["usage"], chunk_position="last"),
-                    generation_info=dict(final["metadata"]))
+                    message=AIMessageChunk(
+                        content="",
+                        response_metadata=final["metadata"],
+                        usage_metadata=final["usage"],
+                        chunk_position="last",
+                    ),
+                    generation_info=dict(final["metadata"]),
+                )
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
@@ -346,7 +387,7 @@ class ContextFlowLLM(LLMConventions, _LocalGeneration, LLM):
     """
 
     @classmethod
-    def from_rag(cls, rag: Any, **kwargs: Any) -> "ContextFlowLLM":
+    def from_rag(cls, rag: Any, **kwargs: Any) -> ContextFlowLLM:
         """The generator and tokenizer of a `RAGSequence`."""
         return cls(generator=rag.generator, tokenizer=rag.generator_tokenizer, **kwargs)
 
@@ -354,17 +395,27 @@ class ContextFlowLLM(LLMConventions, _LocalGeneration, LLM):
     def _llm_type(self) -> str:
         return "contextflow"
 
-    def _get_ls_params(self, stop: Optional[list[str]] = None, **kwargs: Any) -> LangSmithParams:
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return self._ls_params("llm", stop, kwargs)
 
-    def _call(self, prompt: str, stop: Optional[list[str]] = None,
-              run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> str:
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
         if self.streaming:
             return "".join(c.text for c in self._stream(prompt, stop, run_manager, **kwargs))
         return self._run(self._inputs(prompt, True), stop, kwargs)[0]
 
-    def _stream(self, prompt: str, stop: Optional[list[str]] = None,
-                run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
         for piece, final in self._run_stream(self._inputs(prompt, True), stop, kwargs):
             chunk = GenerationChunk(text=piece, generation_info=final["metadata"] if final else None)
             if run_manager and piece:

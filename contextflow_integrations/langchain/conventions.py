@@ -6,21 +6,26 @@ text splitters measure what the generator really reads; refuses tool calling and
 structured output, which a local generator without a tool-call format cannot honour,
 saying what to use instead. No decoding here.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, get_buffer_string
 
 __all__ = ["ChatConventions", "LLMConventions", "NO_STRUCTURED_OUTPUT", "NO_TOOLS"]
 
-NO_TOOLS = ("bind_tools: ChatContextFlow runs a local generator that has no tool-call format; "
-            "give the tools to a tool-calling chat model and hand it ContextFlow as a tool "
-            "(ContextFlowRAG(model=...).as_tool()), or route with a RunnableBranch")
-NO_STRUCTURED_OUTPUT = ("with_structured_output: ChatContextFlow runs a local generator that has no tool-call or "
-                        "JSON mode; pipe its text into an output parser (chat | PydanticOutputParser(...) or "
-                        "JsonOutputParser()) or use a chat model with structured output")
+NO_TOOLS = (
+    "bind_tools: ChatContextFlow runs a local generator that has no tool-call format; "
+    "give the tools to a tool-calling chat model and hand it ContextFlow as a tool "
+    "(ContextFlowRAG(model=...).as_tool()), or route with a RunnableBranch"
+)
+NO_STRUCTURED_OUTPUT = (
+    "with_structured_output: ChatContextFlow runs a local generator that has no tool-call or "
+    "JSON mode; pipe its text into an output parser (chat | PydanticOutputParser(...) or "
+    "JsonOutputParser()) or use a chat model with structured output"
+)
 
 
 def _text(text: Any) -> str:
@@ -62,8 +67,7 @@ class ChatConventions(_TokenCounting):
         """Ids of `text` as message content under the generator's tokenizer (no special tokens added)."""
         return list(self.tokenizer(_text(text), add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
-    def get_num_tokens_from_messages(self, messages: list[BaseMessage],
-                                     tools: Optional[Sequence[Any]] = None) -> int:
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Prompt length in generator tokens for `messages` (0 for no messages); `tools` are refused."""
         if tools:
             raise NotImplementedError(NO_TOOLS.replace("bind_tools", "tools", 1))
@@ -94,10 +98,11 @@ class LLMConventions(_TokenCounting):
         """Ids the generator is fed for the prompt `text` (special tokens included)."""
         return list(self.tokenizer(_text(text), add_special_tokens=True)["input_ids"])
 
-    def get_num_tokens_from_messages(self, messages: list[BaseMessage],
-                                     tools: Optional[Sequence[Any]] = None) -> int:
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Prompt length in generator tokens of the transcript of `messages`; `tools` are refused."""
         if tools:
-            raise NotImplementedError("tools: ContextFlowLLM is a text-completion model with no tool calling; "
-                                      "give the tools to a tool-calling chat model")
+            raise NotImplementedError(
+                "tools: ContextFlowLLM is a text-completion model with no tool calling; "
+                "give the tools to a tool-calling chat model"
+            )
         return self.get_num_tokens(get_buffer_string(list(messages))) if messages else 0

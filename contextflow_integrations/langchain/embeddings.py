@@ -11,10 +11,11 @@ Example:
     >>> result = finetune_from_vectorstore(store, qa, mode="in_place")  # doctest: +SKIP
     >>> store.embeddings = result.embeddings  # or build the store's retriever with it  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
@@ -23,8 +24,9 @@ __all__ = ["ContextFlowEmbeddings"]
 
 def _check_encoder(encoder: Any, arg: str) -> Any:
     if not hasattr(encoder, "encode"):
-        raise ValueError(f"{arg}: expected an encoder with encode(texts) -> (N, D) (a TextEncoder), "
-                         f"got {type(encoder).__name__}")
+        raise ValueError(
+            f"{arg}: expected an encoder with encode(texts) -> (N, D) (a TextEncoder), got {type(encoder).__name__}"
+        )
     return encoder
 
 
@@ -45,11 +47,11 @@ class ContextFlowEmbeddings(Embeddings):
         >>> store = InMemoryVectorStore(embeddings)  # doctest: +SKIP
     """
 
-    def __init__(self, question_encoder: Any, passage_encoder: Optional[Any] = None, *,
-                 batch_size: int = 64) -> None:
+    def __init__(self, question_encoder: Any, passage_encoder: Any | None = None, *, batch_size: int = 64) -> None:
         self.question_encoder = _check_encoder(question_encoder, "question_encoder")
-        self.passage_encoder = _check_encoder(passage_encoder if passage_encoder is not None else question_encoder,
-                                              "passage_encoder")
+        self.passage_encoder = _check_encoder(
+            passage_encoder if passage_encoder is not None else question_encoder, "passage_encoder"
+        )
         dims = (getattr(self.question_encoder, "dim", None), getattr(self.passage_encoder, "dim", None))
         if all(isinstance(d, int) for d in dims) and dims[0] != dims[1]:
             raise ValueError(f"passage_encoder: expected dimension {dims[0]} (the question encoder's), got {dims[1]}")
@@ -59,7 +61,7 @@ class ContextFlowEmbeddings(Embeddings):
         self.model_name = str(getattr(self.question_encoder, "name", None) or type(self.question_encoder).__name__)
 
     @classmethod
-    def from_rag(cls, model: Any, **kwargs: Any) -> "ContextFlowEmbeddings":
+    def from_rag(cls, model: Any, **kwargs: Any) -> ContextFlowEmbeddings:
         """From a RAGSequence: its question encoder and its (frozen) context encoder.
 
         Args:

@@ -12,10 +12,11 @@ Each of the built-in exporters also applies the store's own search `filter`
 by the core rule (`contextflow_core.metadata.json_metadata`: dates to ISO 8601
 strings, tuples and sets to lists, non-string keys to strings).
 """
+
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from langchain_core.documents import Document
 
@@ -34,25 +35,28 @@ def register_exporter(*class_names: str, takes_filter: bool = False) -> Callable
     With ``takes_filter=True`` the exporter is `fn(store, filter)` and applies the store's
     own filter (None: no filter); stores registered without it refuse ``filter=``.
     """
+
     def add(fn: Exporter) -> Exporter:
         for name in class_names:
             EXPORTERS[name] = fn
             (FILTERING.add if takes_filter else FILTERING.discard)(name)
         return fn
+
     return add
 
 
 def _refuse_filter(store: Any, expected: str, filter: Any) -> None:
-    raise ValueError(f"filter: {type(store).__name__} takes {expected} as its filter, "
-                     f"got {type(filter).__name__}")
+    raise ValueError(f"filter: {type(store).__name__} takes {expected} as its filter, got {type(filter).__name__}")
 
 
 @register_exporter("InMemoryVectorStore", takes_filter=True)
 def _in_memory(store: Any, filter: Any = None) -> list[Document]:
     if filter is not None and not callable(filter):
         _refuse_filter(store, "a callable Document -> bool (as in similarity_search)", filter)
-    docs = [Document(page_content=r["text"], metadata=dict(r.get("metadata") or {}), id=str(doc_id))
-            for doc_id, r in store.store.items()]
+    docs = [
+        Document(page_content=r["text"], metadata=dict(r.get("metadata") or {}), id=str(doc_id))
+        for doc_id, r in store.store.items()
+    ]
     return docs if filter is None else [d for d in docs if filter(d)]
 
 
@@ -81,8 +85,10 @@ def _chroma(store: Any, filter: Any = None) -> list[Document]:
         _refuse_filter(store, "a `where` dict (e.g. {'source': 'atlas'})", filter)
     got = store.get(where=filter, include=["documents", "metadatas"])
     metadatas = got.get("metadatas") or [None] * len(got["ids"])
-    return [Document(page_content=text or "", metadata=dict(meta or {}), id=str(doc_id))
-            for doc_id, text, meta in zip(got["ids"], got["documents"], metadatas)]
+    return [
+        Document(page_content=text or "", metadata=dict(meta or {}), id=str(doc_id))
+        for doc_id, text, meta in zip(got["ids"], got["documents"], metadatas, strict=True)
+    ]
 
 
 def _qdrant_filter(store: Any, filter: Any) -> Any:
@@ -101,12 +107,19 @@ def _qdrant(store: Any, filter: Any = None) -> list[Document]:
     metadata_key = getattr(store, "metadata_payload_key", "metadata")
     docs, offset = [], None
     while True:
-        points, offset = store.client.scroll(collection_name=store.collection_name, limit=QDRANT_PAGE, offset=offset,
-                                             with_payload=True, with_vectors=False, scroll_filter=scroll_filter)
+        points, offset = store.client.scroll(
+            collection_name=store.collection_name,
+            limit=QDRANT_PAGE,
+            offset=offset,
+            with_payload=True,
+            with_vectors=False,
+            scroll_filter=scroll_filter,
+        )
         for point in points:
             payload = point.payload or {}
-            meta = {k: v for k, v in dict(payload.get(metadata_key) or {}).items()
-                    if k not in ("_id", "_collection_name")}
+            meta = {
+                k: v for k, v in dict(payload.get(metadata_key) or {}).items() if k not in ("_id", "_collection_name")
+            }
             docs.append(Document(page_content=payload.get(content_key) or "", metadata=meta, id=str(point.id)))
         if offset is None:
             return docs
@@ -117,13 +130,16 @@ def _by_ids(store: Any, ids: Sequence[str]) -> list[Document]:
     try:
         found = store.get_by_ids(ids)
     except (NotImplementedError, AttributeError) as e:
-        raise TypeError(f"vectorstore: {type(store).__name__} cannot look documents up by id ({e}); "
-                        "pass documents=[Document(...), ...] instead") from e
+        raise TypeError(
+            f"vectorstore: {type(store).__name__} cannot look documents up by id ({e}); "
+            "pass documents=[Document(...), ...] instead"
+        ) from e
     by_id = {str(d.id): d for d in found}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise ValueError(f"ids: {len(missing)} of {len(ids)} ids are not in the {type(store).__name__} store, "
-                         f"e.g. {missing[:3]}")
+        raise ValueError(
+            f"ids: {len(missing)} of {len(ids)} ids are not in the {type(store).__name__} store, e.g. {missing[:3]}"
+        )
     return [Document(page_content=by_id[i].page_content, metadata=dict(by_id[i].metadata), id=i) for i in ids]
 
 
@@ -135,17 +151,20 @@ def _exporter(vectorstore: Any, filter: Any) -> Callable[[Any], list[Document]]:
         raise TypeError(
             f"vectorstore: no exporter for {type(vectorstore).__name__}; supported: {sorted(EXPORTERS)}. "
             "Pass ids=[...] if it implements get_by_ids, pass documents=[Document(...), ...] directly, "
-            "or add one with contextflow_integrations.langchain.export.register_exporter")
+            "or add one with contextflow_integrations.langchain.export.register_exporter"
+        )
     if name in FILTERING:
         return lambda store: EXPORTERS[name](store, filter)
     if filter is not None:
-        raise ValueError(f"filter: cannot apply a filter to a {type(vectorstore).__name__} store (its exporter "
-                         f"takes none; stores with filters: {sorted(FILTERING)}); select the documents "
-                         "yourself and pass documents=[...] (or ids=[...])")
+        raise ValueError(
+            f"filter: cannot apply a filter to a {type(vectorstore).__name__} store (its exporter "
+            f"takes none; stores with filters: {sorted(FILTERING)}); select the documents "
+            "yourself and pass documents=[...] (or ids=[...])"
+        )
     return EXPORTERS[name]
 
 
-def export_documents(vectorstore: Any, ids: Optional[Sequence[str]] = None, *, filter: Any = None) -> list[Document]:
+def export_documents(vectorstore: Any, ids: Sequence[str] | None = None, *, filter: Any = None) -> list[Document]:
     """Every document of `vectorstore` (or those its `filter` selects), each with its store id as `Document.id`.
 
     Args:
@@ -165,8 +184,10 @@ def export_documents(vectorstore: Any, ids: Optional[Sequence[str]] = None, *, f
     """
     if ids is not None:
         if filter is not None:
-            raise ValueError("filter, ids: expected one way to select documents, got both; pass ids=None to "
-                             "filter the store, or filter=None to fetch those ids")
+            raise ValueError(
+                "filter, ids: expected one way to select documents, got both; pass ids=None to "
+                "filter the store, or filter=None to fetch those ids"
+            )
         docs = _by_ids(vectorstore, ids)
     else:
         docs = _exporter(vectorstore, filter)(vectorstore)
@@ -177,8 +198,9 @@ def export_documents(vectorstore: Any, ids: Optional[Sequence[str]] = None, *, f
     return docs
 
 
-def documents_to_passages(documents: Iterable[Document], ids: Optional[Sequence[str]] = None,
-                          title_key: Optional[str] = "title") -> list[Passage]:
+def documents_to_passages(
+    documents: Iterable[Document], ids: Sequence[str] | None = None, title_key: str | None = "title"
+) -> list[Passage]:
     """`Passage`s from Documents: id from `ids`, else `Document.id`, else the position.
 
     Args:
@@ -204,6 +226,9 @@ def documents_to_passages(documents: Iterable[Document], ids: Optional[Sequence[
         title = doc.metadata.get(title_key) if title_key else None
         metadata = {k: v for k, v in doc.metadata.items() if k != title_key or not isinstance(title, str)}
         metadata = json_metadata(metadata, doc_id)
-        passages.append(Passage(id=doc_id, text=doc.page_content, title=title if isinstance(title, str) else None,
-                                metadata=metadata))
+        passages.append(
+            Passage(
+                id=doc_id, text=doc.page_content, title=title if isinstance(title, str) else None, metadata=metadata
+            )
+        )
     return passages

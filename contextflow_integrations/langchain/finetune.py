@@ -21,11 +21,13 @@ Example:
     >>> result.chain.invoke("Who founded Tarsk?")["answer"]  # doctest: +SKIP
     'Ilo'
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from langchain_core.documents import Document
 
@@ -70,8 +72,8 @@ class FinetuneResult:
     chain: ContextFlowRAG
     history: TrainHistory
     documents: list[Document] = field(repr=False)
-    embeddings: Optional[Any] = field(default=None, repr=False)
-    qa: Optional[GeneratedQA] = field(default=None, repr=False)
+    embeddings: Any | None = field(default=None, repr=False)
+    qa: GeneratedQA | None = field(default=None, repr=False)
 
     @property
     def qa_report(self) -> Any:
@@ -87,16 +89,21 @@ class FinetuneResult:
         self.model.save_pretrained(directory)
 
 
-def _collect_documents(vectorstore: Any, documents: Optional[Sequence[Document]], ids: Optional[Sequence[str]],
-                       filter: Any = None) -> tuple[list[Document], Optional[Sequence[str]]]:
+def _collect_documents(
+    vectorstore: Any, documents: Sequence[Document] | None, ids: Sequence[str] | None, filter: Any = None
+) -> tuple[list[Document], Sequence[str] | None]:
     """The documents to index, and explicit ids for them (only with `documents=`)."""
     if vectorstore is not None and documents is not None:
-        raise ValueError("vectorstore, documents: expected one source of documents, got both; "
-                         "pass documents=None to export the store, or vectorstore=None")
+        raise ValueError(
+            "vectorstore, documents: expected one source of documents, got both; "
+            "pass documents=None to export the store, or vectorstore=None"
+        )
     if documents is not None:
         if filter is not None:
-            raise ValueError("filter: applies to a vector store's documents, got it with documents=[...]; "
-                             "select the documents yourself, or pass the store with filter=")
+            raise ValueError(
+                "filter: applies to a vector store's documents, got it with documents=[...]; "
+                "select the documents yourself, or pass the store with filter="
+            )
         if isinstance(documents, (str, Document)):
             raise ValueError(f"documents: expected a list of Documents, got a single {type(documents).__name__}")
         documents = list(documents)
@@ -111,16 +118,16 @@ def _collect_documents(vectorstore: Any, documents: Optional[Sequence[Document]]
 def rag_from_vectorstore(
     vectorstore: Any = None,
     *,
-    model: Optional[RAGSequence] = None,
+    model: RAGSequence | None = None,
     encoder: Any = None,
     generator: Any = None,
     tokenizer: Any = None,
-    documents: Optional[Sequence[Document]] = None,
-    ids: Optional[Sequence[str]] = None,
-    num_docs: Optional[int] = None,
-    prompt: Optional[PromptConfig] = None,
-    rag_config: Optional[RagConfig] = None,
-    title_key: Optional[str] = "title",
+    documents: Sequence[Document] | None = None,
+    ids: Sequence[str] | None = None,
+    num_docs: int | None = None,
+    prompt: PromptConfig | None = None,
+    rag_config: RagConfig | None = None,
+    title_key: str | None = "title",
     index_factory: str = "Flat",
     filter: Any = None,
     dedupe: bool = True,
@@ -132,28 +139,37 @@ def rag_from_vectorstore(
     passages = documents_to_passages(docs, doc_ids, title_key)
     if dedupe:
         passages = merge_duplicates(passages)
-    return build_rag(passages, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
-                     num_docs=num_docs, prompt=prompt, rag_config=rag_config, index_factory=index_factory)
+    return build_rag(
+        passages,
+        model=model,
+        encoder=encoder,
+        generator=generator,
+        tokenizer=tokenizer,
+        num_docs=num_docs,
+        prompt=prompt,
+        rag_config=rag_config,
+        index_factory=index_factory,
+    )
 
 
 def finetune_from_vectorstore(
     vectorstore: Any,
     qa_pairs: Any = None,
     *,
-    model: Optional[RAGSequence] = None,
+    model: RAGSequence | None = None,
     encoder: Any = None,
     generator: Any = None,
     tokenizer: Any = None,
-    train_config: Optional[TrainConfig] = None,
-    documents: Optional[Sequence[Document]] = None,
-    ids: Optional[Sequence[str]] = None,
+    train_config: TrainConfig | None = None,
+    documents: Sequence[Document] | None = None,
+    ids: Sequence[str] | None = None,
     val_pairs: Any = None,
     batch_size: int = 4,
-    num_docs: Optional[int] = None,
+    num_docs: int | None = None,
     k: int = 4,
-    prompt: Optional[PromptConfig] = None,
-    rag_config: Optional[RagConfig] = None,
-    title_key: Optional[str] = "title",
+    prompt: PromptConfig | None = None,
+    rag_config: RagConfig | None = None,
+    title_key: str | None = "title",
     index_factory: str = "Flat",
     max_new_tokens: int = 64,
     filter: Any = None,
@@ -161,8 +177,8 @@ def finetune_from_vectorstore(
     mode: str = "copy",
     store_check: bool = True,
     question_llm: Any = None,
-    qa_options: Optional[dict] = None,
-    val_fraction: Optional[float] = None,
+    qa_options: dict | None = None,
+    val_fraction: float | None = None,
 ) -> FinetuneResult:
     """Index a vector store's documents with ContextFlow, train jointly on QA pairs, return LangChain parts.
 
@@ -257,27 +273,75 @@ def finetune_from_vectorstore(
         val = load_qa(val_pairs) if val_pairs is not None else None
         if examples is None:
             check_store_qa_options(qa_options)
-        make_qa = None if examples is not None else partial(  # documents only: questions from the store's rows
-            generate_store_training_qa, writer=writer, qa_options=qa_options, val_fraction=val_fraction,
-            has_val_pairs=val is not None, seed=config.seed, title_key=title_key or "title", arg="vectorstore")
+        make_qa = (
+            None
+            if examples is not None
+            else partial(  # documents only: questions from the store's rows
+                generate_store_training_qa,
+                writer=writer,
+                qa_options=qa_options,
+                val_fraction=val_fraction,
+                has_val_pairs=val is not None,
+                seed=config.seed,
+                title_key=title_key or "title",
+                arg="vectorstore",
+            )
+        )
         return _in_place.finetune_in_place(
-            vectorstore, examples, val_examples=val, model=model, encoder=encoder, generator=generator,
-            tokenizer=tokenizer, config=config, batch_size=batch_size, num_docs=num_docs, k=k, prompt=prompt,
-            rag_config=rag_config, title_key=title_key, max_new_tokens=max_new_tokens, store_check=store_check,
-            make_qa=make_qa)
-    rag = rag_from_vectorstore(vectorstore, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
-                               documents=documents, ids=ids, num_docs=num_docs, prompt=prompt,
-                               rag_config=rag_config, title_key=title_key, index_factory=index_factory,
-                               filter=filter, dedupe=dedupe)
+            vectorstore,
+            examples,
+            val_examples=val,
+            model=model,
+            encoder=encoder,
+            generator=generator,
+            tokenizer=tokenizer,
+            config=config,
+            batch_size=batch_size,
+            num_docs=num_docs,
+            k=k,
+            prompt=prompt,
+            rag_config=rag_config,
+            title_key=title_key,
+            max_new_tokens=max_new_tokens,
+            store_check=store_check,
+            make_qa=make_qa,
+        )
+    rag = rag_from_vectorstore(
+        vectorstore,
+        model=model,
+        encoder=encoder,
+        generator=generator,
+        tokenizer=tokenizer,
+        documents=documents,
+        ids=ids,
+        num_docs=num_docs,
+        prompt=prompt,
+        rag_config=rag_config,
+        title_key=title_key,
+        index_factory=index_factory,
+        filter=filter,
+        dedupe=dedupe,
+    )
     qa = None
     if examples is None:  # documents only: write the training questions first
-        qa = generate_training_qa(rag.index.passages, writer, qa_options=qa_options, val_fraction=val_fraction,
-                                  has_val_pairs=val_pairs is not None, seed=config.seed)
+        qa = generate_training_qa(
+            rag.index.passages,
+            writer,
+            qa_options=qa_options,
+            val_fraction=val_fraction,
+            has_val_pairs=val_pairs is not None,
+            seed=config.seed,
+        )
         examples, val_pairs = qa.train.examples, (qa.val.examples if qa.val is not None else val_pairs)
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
-    val = make_dataloader(val_pairs, batch_size=batch_size, shuffle=False) if val_pairs is not None else None
-    history = train_rag(rag, train, val, config=config)
-    return FinetuneResult(model=rag, retriever=ContextFlowRetriever(model=rag, k=min(k, len(rag.index))),
-                          chain=ContextFlowRAG(model=rag, max_new_tokens=max_new_tokens), history=history,
-                          documents=[passage_to_document(p) for p in rag.index.passages],
-                          embeddings=ContextFlowEmbeddings.from_rag(rag), qa=qa)
+    val_loader = make_dataloader(val_pairs, batch_size=batch_size, shuffle=False) if val_pairs is not None else None
+    history = train_rag(rag, train, val_loader, config=config)
+    return FinetuneResult(
+        model=rag,
+        retriever=ContextFlowRetriever(model=rag, k=min(k, len(rag.index))),
+        chain=ContextFlowRAG(model=rag, max_new_tokens=max_new_tokens),
+        history=history,
+        documents=[passage_to_document(p) for p in rag.index.passages],
+        embeddings=ContextFlowEmbeddings.from_rag(rag),
+        qa=qa,
+    )

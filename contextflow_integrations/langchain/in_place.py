@@ -17,9 +17,11 @@ The question encoder starts from, in order: `model`'s, `encoder`, the store's ow
 embeddings object when it is a sentence-transformers / HuggingFace model
 (`stores.encoder_from_embeddings`, a copy), else the embedded MiniLM.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from contextflow_core.building import build_rag
 from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
@@ -39,8 +41,10 @@ COPY_ONLY = {"documents": None, "ids": None, "filter": None, "index_factory": "F
 def check_mode(mode: Any) -> str:
     """`mode` if it is one of `MODES`, else a ValueError naming the choices."""
     if mode not in MODES:
-        raise ValueError(f"mode: expected one of {list(MODES)} ('copy' exports and re-embeds the documents, "
-                         f"'in_place' trains against the store as it is), got {mode!r}")
+        raise ValueError(
+            f"mode: expected one of {list(MODES)} ('copy' exports and re-embeds the documents, "
+            f"'in_place' trains against the store as it is), got {mode!r}"
+        )
     return mode
 
 
@@ -48,9 +52,11 @@ def refuse_copy_only(**given: Any) -> None:
     """Raise naming the copy-path arguments given a non-default value with mode='in_place'."""
     bad = [name for name, value in given.items() if value is not COPY_ONLY[name] and value != COPY_ONLY[name]]
     if bad:
-        raise ValueError(f"{', '.join(bad)}: only apply to mode='copy' (they choose or index exported "
-                         "documents); mode='in_place' trains on every row of the store as it is. Drop them, or "
-                         "use mode='copy'")
+        raise ValueError(
+            f"{', '.join(bad)}: only apply to mode='copy' (they choose or index exported "
+            "documents); mode='in_place' trains on every row of the store as it is. Drop them, or "
+            "use mode='copy'"
+        )
 
 
 def starting_encoder(store: Any, model: Any, encoder: Any) -> Any:
@@ -67,7 +73,7 @@ def starting_encoder(store: Any, model: Any, encoder: Any) -> Any:
 
 def finetune_in_place(
     vectorstore: Any,
-    examples: list,
+    examples: list | None,
     *,
     val_examples: Any = None,
     model: Any = None,
@@ -76,14 +82,14 @@ def finetune_in_place(
     tokenizer: Any = None,
     config: TrainConfig,
     batch_size: int = 4,
-    num_docs: Optional[int] = None,
+    num_docs: int | None = None,
     k: int = 4,
-    prompt: Optional[PromptConfig] = None,
-    rag_config: Optional[RagConfig] = None,
-    title_key: Optional[str] = "title",
+    prompt: PromptConfig | None = None,
+    rag_config: RagConfig | None = None,
+    title_key: str | None = "title",
     max_new_tokens: int = 64,
     store_check: bool = True,
-    make_qa: Optional[Callable[[Any], Any]] = None,
+    make_qa: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Train over `vectorstore`'s backend; a `FinetuneResult` with the usual parts plus `embeddings`.
 
@@ -110,15 +116,32 @@ def finetune_in_place(
     if examples is None:
         require_iter_rows(backend, "vectorstore")  # before any slow work
     start = starting_encoder(vectorstore, model, encoder)
-    rag = build_rag(store=backend, model=model, encoder=start, generator=generator, tokenizer=tokenizer,
-                    num_docs=num_docs, prompt=prompt, rag_config=rag_config, title_key=title_key or "title",
-                    store_check=store_check)
-    qa = make_qa(backend) if examples is None else None  # documents only: questions from the store's rows
-    if qa is not None:
+    rag = build_rag(
+        store=backend,
+        model=model,
+        encoder=start,
+        generator=generator,
+        tokenizer=tokenizer,
+        num_docs=num_docs,
+        prompt=prompt,
+        rag_config=rag_config,
+        title_key=title_key or "title",
+        store_check=store_check,
+    )
+    qa = None
+    if examples is None:  # documents only: questions from the store's rows
+        assert make_qa is not None  # finetune_from_vectorstore passes it whenever examples is None
+        qa = make_qa(backend)
         examples, val_examples = qa.train.examples, (qa.val.examples if qa.val is not None else val_examples)
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
     val = make_dataloader(val_examples, batch_size=batch_size, shuffle=False) if val_examples else None
     history = train_rag(rag, train, val, config=config)
-    return FinetuneResult(model=rag, retriever=ContextFlowRetriever(model=rag, k=min(k, backend.count())),
-                          chain=ContextFlowRAG(model=rag, max_new_tokens=max_new_tokens), history=history,
-                          documents=[], embeddings=ContextFlowEmbeddings.from_rag(rag), qa=qa)
+    return FinetuneResult(
+        model=rag,
+        retriever=ContextFlowRetriever(model=rag, k=min(k, backend.count())),
+        chain=ContextFlowRAG(model=rag, max_new_tokens=max_new_tokens),
+        history=history,
+        documents=[],
+        embeddings=ContextFlowEmbeddings.from_rag(rag),
+        qa=qa,
+    )

@@ -10,11 +10,13 @@ Example:
     >>> writer("Passage: Ilo Varn founded Tarsk.\\nAnswer: Ilo Varn\\nQuestion:")
     'Who founded Tarsk?'
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.runnables import Runnable
 
@@ -29,8 +31,11 @@ def _text(output: Any) -> Any:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content blocks: keep the text ones
-        parts = [b if isinstance(b, str) else b.get("text", "") for b in content
-                 if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text")]
+        parts = [
+            b if isinstance(b, str) else b.get("text", "")
+            for b in content
+            if isinstance(b, str) or (isinstance(b, dict) and b.get("type") == "text")
+        ]
         return "".join(parts)
     return output
 
@@ -89,5 +94,7 @@ def as_question_writer(question_llm: Any) -> Any:
         return LangChainQuestionWriter(question_llm)
     if callable(question_llm) and not isinstance(question_llm, type):
         return question_llm
-    raise TypeError(f"question_llm: expected None, a writer name ('embedded', 'cloze'), a LangChain chat model "
-                    f"or LLM, or a callable prompt -> text, got {type(question_llm).__name__}")
+    raise TypeError(
+        f"question_llm: expected None, a writer name ('embedded', 'cloze'), a LangChain chat model "
+        f"or LLM, or a callable prompt -> text, got {type(question_llm).__name__}"
+    )

@@ -5,10 +5,11 @@ to one batched `RAGSequence.generate` call and its `RagAnswer`s to
 ``{"answer", "source_documents"}``. Retrieval, prompts and marginalisation all
 stay in the core.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForChainRun
 from langchain_core.documents import Document
@@ -44,25 +45,34 @@ class RAGResult(TypedDict):
     source_documents: list[Document]
 
 
-RAGInput = Union[str, RAGQuestion]
+RAGInput = str | RAGQuestion
 
-_TOOL_DESCRIPTION = ("Answers a question from the indexed documents with retrieval-augmented generation. "
-                     "Input: the question as plain text. Output: the answer and the source documents.")
+_TOOL_DESCRIPTION = (
+    "Answers a question from the indexed documents with retrieval-augmented generation. "
+    "Input: the question as plain text. Output: the answer and the source documents."
+)
 
 
 #: Conventional names from other components, refused with the ContextFlowRAG name to use.
-_RENAMES = {"max_tokens": "max_new_tokens", "k": "num_docs", "similarity_top_k": "num_docs",
-            "search_kwargs": "num_docs"}
+_RENAMES = {
+    "max_tokens": "max_new_tokens",
+    "k": "num_docs",
+    "similarity_top_k": "num_docs",
+    "search_kwargs": "num_docs",
+}
 #: generate() arguments that are ContextFlowRAG fields or set by RAG decoding.
-_RESERVED = {**RAG_RESERVED, "questions": "pass the question as the input",
-             "num_docs": "pass it as ContextFlowRAG(num_docs=...) or invoke(..., num_docs=...)",
-             "max_new_tokens": "pass it as ContextFlowRAG(max_new_tokens=...) or invoke(..., max_new_tokens=...)",
-             "decoding": "pass it as ContextFlowRAG(decoding=...) or invoke(..., decoding=...)"}
+_RESERVED = {
+    **RAG_RESERVED,
+    "questions": "pass the question as the input",
+    "num_docs": "pass it as ContextFlowRAG(num_docs=...) or invoke(..., num_docs=...)",
+    "max_new_tokens": "pass it as ContextFlowRAG(max_new_tokens=...) or invoke(..., max_new_tokens=...)",
+    "decoding": "pass it as ContextFlowRAG(decoding=...) or invoke(..., decoding=...)",
+}
 
 
 def _own_options(values: dict[str, Any], none_ok: tuple[str, ...] = ()) -> dict[str, Any]:
     """The num_docs / max_new_tokens / decoding found in `values`, type-checked (numpy ints accepted)."""
-    out = {}
+    out: dict[str, Any] = {}
     for name in ("num_docs", "max_new_tokens"):
         if name in values:
             out[name] = as_int(name, values[name], none_ok=name in none_ok)
@@ -85,11 +95,12 @@ def question_of(value: Any, where: str = "input") -> str:
 
 def _to_result(answer: Any) -> RAGResult:
     """A `RagAnswer` as ``{"answer", "source_documents"}`` (weights in the documents' metadata)."""
-    return RAGResult(answer=answer.text,
-                     source_documents=[passage_to_document(p, weight=float(w)) for p, w in answer.sources])
+    return RAGResult(
+        answer=answer.text, source_documents=[passage_to_document(p, weight=float(w)) for p, w in answer.sources]
+    )
 
 
-def _traced(managers: Optional[Sequence[CallbackManagerForChainRun]]) -> bool:
+def _traced(managers: Sequence[CallbackManagerForChainRun] | None) -> bool:
     """Whether a callback handler would see the call's child runs (then it is not batched)."""
     return bool(managers) and any(m.get_child().handlers for m in managers)  # type: ignore[union-attr]
 
@@ -134,7 +145,7 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     model: Any = Field(repr=False)
-    num_docs: Optional[int] = None
+    num_docs: int | None = None
     max_new_tokens: int = 128
     decoding: str = "thorough"
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -152,8 +163,7 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
     def _check(self):
         if not (callable(getattr(self.model, "generate", None)) and callable(getattr(self.model, "retrieve", None))):
             raise ValueError(f"model: expected a RAGSequence, got {type(self.model).__name__}")
-        self.generate_kwargs = check_generate_kwargs(self.generate_kwargs, owner="generate_kwargs",
-                                                     reserved=_RESERVED)
+        self.generate_kwargs = check_generate_kwargs(self.generate_kwargs, owner="generate_kwargs", reserved=_RESERVED)
         return self
 
     @property
@@ -166,8 +176,14 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
         """``{"answer": str, "source_documents": [Document]}`` (`RAGResult`)."""
         return RAGResult
 
-    def as_tool(self, args_schema: Optional[type] = None, *, name: Optional[str] = None,
-                description: Optional[str] = None, arg_types: Optional[dict[str, type]] = None) -> BaseTool:
+    def as_tool(
+        self,
+        args_schema: type | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        arg_types: dict[str, type] | None = None,
+    ) -> BaseTool:
         """This RAG chain as a LangChain tool whose input is the question as plain text.
 
         Without `args_schema` / `arg_types` the tool takes one string (an agent passes the
@@ -187,8 +203,9 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
         """
         if args_schema is not None or arg_types is not None:
             return super().as_tool(args_schema, name=name, description=description, arg_types=arg_types)
-        return self.with_types(input_type=str).as_tool(name=name or self.get_name(),
-                                                       description=description or _TOOL_DESCRIPTION)
+        return self.with_types(input_type=str).as_tool(
+            name=name or self.get_name(), description=description or _TOOL_DESCRIPTION
+        )
 
     # -- core call -------------------------------------------------------------------
     def _options(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -196,16 +213,27 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
         for name in overrides:
             if name in _RENAMES:
                 refuse_unknown(f"{type(self).__name__}.invoke", [name], (), _RENAMES)
-        own = {"num_docs": self.num_docs, "max_new_tokens": self.max_new_tokens, "decoding": self.decoding,
-               **_own_options(overrides, none_ok=("num_docs",))}
+        own = {
+            "num_docs": self.num_docs,
+            "max_new_tokens": self.max_new_tokens,
+            "decoding": self.decoding,
+            **_own_options(overrides, none_ok=("num_docs",)),
+        }
         extra = {k: v for k, v in overrides.items() if k not in own}
         reserved = {k: v for k, v in _RESERVED.items() if k not in own}
-        return {**own, **check_generate_kwargs({**self.generate_kwargs, **extra},
-                                               owner=f"{type(self).__name__}.invoke", reserved=reserved,
-                                               also=own)}
+        return {
+            **own,
+            **check_generate_kwargs(
+                {**self.generate_kwargs, **extra}, owner=f"{type(self).__name__}.invoke", reserved=reserved, also=own
+            ),
+        }
 
-    def _answer(self, questions: list[str], options: dict[str, Any],
-                managers: Optional[Sequence[CallbackManagerForChainRun]] = None) -> list[RAGResult]:
+    def _answer(
+        self,
+        questions: list[str],
+        options: dict[str, Any],
+        managers: Sequence[CallbackManagerForChainRun] | None = None,
+    ) -> list[RAGResult]:
         """One `generate` call (it holds the model's lock); with run managers, traced (see `tracing`)."""
         if self.batching and len(questions) == 1 and not _traced(managers) and hasattr(self.model, "batcher"):
             answers = [self.model.batcher().generate(questions[0], **options)]  # shared with concurrent calls
@@ -226,26 +254,32 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
                 raise ValueError(f"{where}: {e}") from e
         return question
 
-    def _answer_each(self, questions: list[str], slots: list[int], options: dict[str, Any],
-                     managers: Optional[list[CallbackManagerForChainRun]] = None) -> list[Union[RAGResult, Exception]]:
+    def _answer_each(
+        self,
+        questions: list[str],
+        slots: list[int],
+        options: dict[str, Any],
+        managers: list[CallbackManagerForChainRun] | None = None,
+    ) -> list[RAGResult | Exception]:
         """One batched call; if it fails with a ValueError, one call per question (errors in their slots)."""
         try:
             return self._answer(questions, options, managers)  # type: ignore[return-value]
         except ValueError:
             pass
-        results: list[Union[RAGResult, Exception]] = []
-        for i, (slot, question) in enumerate(zip(slots, questions)):
+        results: list[RAGResult | Exception] = []
+        for i, (slot, question) in enumerate(zip(slots, questions, strict=True)):
             try:
-                results.append(self._answer([question], options, managers[i:i + 1] if managers else None)[0])
+                results.append(self._answer([question], options, managers[i : i + 1] if managers else None)[0])
             except ValueError as e:
                 results.append(ValueError(f"inputs[{slot}]: {e}"))
         return results
 
-    def _batch(self, inputs: list[RAGInput], run_manager: Optional[list[CallbackManagerForChainRun]] = None,
-               **overrides: Any) -> list[Union[RAGResult, Exception]]:
+    def _batch(
+        self, inputs: list[RAGInput], run_manager: list[CallbackManagerForChainRun] | None = None, **overrides: Any
+    ) -> list[RAGResult | Exception]:
         """Answer the valid inputs in one call; an invalid input gets its ValueError in its slot."""
         options = self._options(overrides)  # a bad option applies to every slot: the whole call fails
-        outputs: list[Union[RAGResult, Exception, str]] = []
+        outputs: list[RAGResult | Exception | str] = []
         for i, value in enumerate(inputs):
             try:
                 outputs.append(self._question(value, f"inputs[{i}]"))
@@ -255,27 +289,37 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
         if valid:
             managers = [run_manager[i] for i in valid] if run_manager else None
             results = self._answer_each([outputs[i] for i in valid], valid, options, managers)  # type: ignore[misc]
-            for i, result in zip(valid, results):
+            for i, result in zip(valid, results, strict=True):
                 outputs[i] = result
         return outputs  # type: ignore[return-value]
 
     # -- Runnable interface ------------------------------------------------------------
-    def invoke(self, input: RAGInput, config: Optional[RunnableConfig] = None, **kwargs: Any) -> RAGResult:
+    def invoke(self, input: RAGInput, config: RunnableConfig | None = None, **kwargs: Any) -> RAGResult:
         """Answer one question."""
         options = self._options(kwargs)
         return self._call_with_config(
-            lambda value, run_manager: self._answer([question_of(value)], options, [run_manager])[0], input, config)
+            lambda value, run_manager: self._answer([question_of(value)], options, [run_manager])[0], input, config
+        )
 
-    def batch(self, inputs: list[RAGInput], config: Optional[Union[RunnableConfig, list[RunnableConfig]]] = None,
-              *, return_exceptions: bool = False, **kwargs: Any) -> list[RAGResult]:
+    def batch(
+        self,
+        inputs: list[RAGInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[RAGResult]:
         """Answer every input with one batched `generate` call."""
         if not inputs:
             return []
-        return self._batch_with_config(lambda values, run_manager: self._batch(values, run_manager, **kwargs),
-                                       list(inputs), config,
-                                       return_exceptions=return_exceptions)
+        return self._batch_with_config(
+            lambda values, run_manager: self._batch(values, run_manager, **kwargs),
+            list(inputs),
+            config,
+            return_exceptions=return_exceptions,
+        )
 
-    async def ainvoke(self, input: RAGInput, config: Optional[RunnableConfig] = None, **kwargs: Any) -> RAGResult:
+    async def ainvoke(self, input: RAGInput, config: RunnableConfig | None = None, **kwargs: Any) -> RAGResult:
         """Answer one question from asyncio: awaited on the model's `RequestBatcher` (no thread per call)
         while `batching` is on and nothing traces the call; else `invoke` in a worker thread."""
         if not (self.batching and hasattr(self.model, "batcher")):
@@ -291,10 +335,21 @@ class ContextFlowRAG(RunnableSerializable[RAGInput, RAGResult]):
 
         return await self._acall_with_config(answer, input, config)
 
-    async def abatch(self, inputs: list[RAGInput],
-                     config: Optional[Union[RunnableConfig, list[RunnableConfig]]] = None,
-                     *, return_exceptions: bool = False, **kwargs: Any) -> list[RAGResult]:
+    async def abatch(
+        self,
+        inputs: list[RAGInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[RAGResult]:
         """`batch` (one `generate` call) in a worker thread."""
         first = config[0] if isinstance(config, list) and config else config
-        return await run_in_executor(first if isinstance(first, dict) else None, self.batch, inputs, config,
-                                     return_exceptions=return_exceptions, **kwargs)
+        return await run_in_executor(
+            first if isinstance(first, dict) else None,
+            self.batch,
+            inputs,
+            config,
+            return_exceptions=return_exceptions,
+            **kwargs,
+        )

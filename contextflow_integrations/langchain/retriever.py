@@ -3,6 +3,7 @@
 Boundary: converts a query string into the core retriever's call and its
 `Passage` results into LangChain `Document`s. No prompts, no generation.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -68,16 +69,19 @@ class ContextFlowRetriever(BaseRetriever):
         refuse_unknown(cls.__name__, data, cls.model_fields)
         search_type = data.get("search_type", "similarity")
         if search_type != "similarity":
-            raise ValueError(f"search_type: ContextFlowRetriever ranks by similarity only (q . d), got "
-                             f"{search_type!r}; use search_type='similarity' or leave it out")
+            raise ValueError(
+                f"search_type: ContextFlowRetriever ranks by similarity only (q . d), got "
+                f"{search_type!r}; use search_type='similarity' or leave it out"
+            )
         search = data.get("search_kwargs") or {}
         if not isinstance(search, dict):
             raise ValueError(f"search_kwargs: expected a dict such as {{'k': 4}}, got {search!r}")
         refuse_unknown(f"{cls.__name__} search_kwargs", search, _SEARCH_KEYS)
         if "k" in search:
             if "k" in data and data["k"] != search["k"]:
-                raise ValueError(f"k={data['k']!r} and search_kwargs={{'k': {search['k']!r}}} disagree; "
-                                 "pass only one of them")
+                raise ValueError(
+                    f"k={data['k']!r} and search_kwargs={{'k': {search['k']!r}}} disagree; pass only one of them"
+                )
             data = {**data, "k": search["k"]}
         if "k" in data:
             data["k"] = as_int("k", data["k"])
@@ -90,7 +94,8 @@ class ContextFlowRetriever(BaseRetriever):
         if not (has_rag or has_retriever):
             raise ValueError(
                 "model: expected a RAGSequence or a contextflow Retriever with a question encoder, "
-                f"got {type(self.model).__name__}")
+                f"got {type(self.model).__name__}"
+            )
         return self
 
     def _retrieve(self, query: str, k: int):
@@ -99,17 +104,20 @@ class ContextFlowRetriever(BaseRetriever):
                 return self.model.index.search(self.model.question_encoder.encode([query]), k)
         return self.model.retrieve([query], k)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
-                                **kwargs: Any) -> list[Document]:
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
         refuse_unknown(f"{type(self).__name__}.invoke", kwargs, _SEARCH_KEYS)
         k = as_int("k", kwargs.get("k", self.k))
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query: expected non-empty text, got {query!r}")
         retrieved = self._retrieve(query, k)
         scores = retrieved.scores[0].tolist()
-        return [passage_to_document(p, score=float(s)) for p, s in zip(retrieved.passages[0], scores)]
+        return [passage_to_document(p, score=float(s)) for p, s in zip(retrieved.passages[0], scores, strict=True)]
 
-    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
-                                       **kwargs: Any) -> list[Document]:
-        return await run_in_executor(None, self._get_relevant_documents, query,
-                                     run_manager=run_manager.get_sync(), **kwargs)
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        return await run_in_executor(
+            None, self._get_relevant_documents, query, run_manager=run_manager.get_sync(), **kwargs
+        )

@@ -3,12 +3,13 @@
 Boundary: pure helpers around HF ``generate`` (stopping criteria, a streamer that hands
 token ids to another thread, stop-sequence cutting); no LangChain types.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Sequence
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 import torch
 from transformers import StoppingCriteria
@@ -44,7 +45,7 @@ class StopCriteria(StoppingCriteria):
         """(N,) True for each row to stop: cancelled, or its generated text holds a stop sequence."""
         done = torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
         if self.stops and not self.cancel.is_set():
-            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+            texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
             done = torch.tensor([cut_at_stop(t, self.stops)[1] for t in texts], device=input_ids.device)
         return cast(torch.BoolTensor, done)
 
@@ -53,7 +54,7 @@ class TokenQueue(BaseStreamer):
     """Hands each newly generated token id from the generating thread to the consumer."""
 
     def __init__(self) -> None:
-        self.queue: "queue.Queue[Optional[list[int]]]" = queue.Queue()
+        self.queue: queue.Queue[list[int] | None] = queue.Queue()
         self._prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:

@@ -18,9 +18,11 @@ Supported out of the box:
 `embedding_model_hint` is the name the store's embeddings object reports
 (``HuggingFaceEmbeddings.model_name``, ...), used by the embedding-space check's error.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,10 +42,12 @@ BACKENDS: dict[str, BackendFactory] = {}
 
 def register_backend(*class_names: str) -> Callable[[BackendFactory], BackendFactory]:
     """Register `fn(store) -> VectorStoreBackend` for LangChain stores of these class names."""
+
     def add(fn: BackendFactory) -> BackendFactory:
         for name in class_names:
             BACKENDS[name] = fn
         return fn
+
     return add
 
 
@@ -56,7 +60,7 @@ def store_embeddings(store: Any) -> Any:
     return None
 
 
-def _hint(store: Any) -> Optional[str]:
+def _hint(store: Any) -> str | None:
     embeddings = store_embeddings(store)
     return None if embeddings is None else embedding_model_name(embeddings)
 
@@ -70,8 +74,10 @@ class InMemoryStoreBackend:
 
     def __init__(self, store: Any) -> None:
         if not store.store:
-            raise ValueError("vectorstore: the InMemoryVectorStore holds no documents (its dimension is unknown); "
-                             "add documents first")
+            raise ValueError(
+                "vectorstore: the InMemoryVectorStore holds no documents (its dimension is unknown); "
+                "add documents first"
+            )
         self.store = store
         self.dim = len(next(iter(store.store.values()))["vector"])
         self.name = f"langchain:InMemoryVectorStore@{id(store):x}"
@@ -89,8 +95,13 @@ class InMemoryStoreBackend:
         unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
         q_unit = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         sims = q_unit @ unit.T  # (B, N)
-        per_query = [[(docs[j]["id"], float(row[j]), matrix[j], docs[j]["text"], docs[j].get("metadata"))
-                      for j in row.argsort()[::-1][:k]] for row in sims]
+        per_query = [
+            [
+                (docs[j]["id"], float(row[j]), matrix[j], docs[j]["text"], docs[j].get("metadata"))
+                for j in row.argsort()[::-1][:k]
+            ]
+            for row in sims
+        ]
         return hits_from_lists(per_query, k, self.dim, self.name, self.count)
 
     def count(self) -> int:
@@ -103,8 +114,9 @@ class InMemoryStoreBackend:
     def get(self, ids: Sequence[str]) -> StoreRows:
         """The documents with these ids, in that order (KeyError for missing ones)."""
         wanted = [str(i) for i in ids]
-        return rows_in_order(wanted, self._found([self.store.store[i] for i in wanted if i in self.store.store]),
-                             self.dim, self.name)
+        return rows_in_order(
+            wanted, self._found([self.store.store[i] for i in wanted if i in self.store.store]), self.dim, self.name
+        )
 
     def iter_rows(self, batch_size: int = 1000) -> Iterator[StoreRows]:
         """Every document, `batch_size` at a time (a snapshot of the ids taken at the start)."""
@@ -116,7 +128,7 @@ class InMemoryStoreBackend:
     def upsert(self, rows: StoreRows) -> None:
         """Insert or replace documents by id in the store's own format."""
         rows = check_rows(rows, self.dim, self.name)
-        for doc_id, vector, text, meta in zip(rows.ids, rows.vectors, rows.texts, rows.metadata):
+        for doc_id, vector, text, meta in zip(rows.ids, rows.vectors, rows.texts, rows.metadata, strict=True):
             self.store.store[doc_id] = {"id": doc_id, "vector": vector.tolist(), "text": text, "metadata": meta}
 
 
@@ -151,9 +163,14 @@ class FaissStoreBackend:
         if getattr(self.store, "_normalize_L2", False):
             queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
         distances, positions = self.store.index.search(queries, k)
-        per_query = [[(self.store.index_to_docstore_id[int(p)], -float(d) if self._negate else float(d),
-                       *self._row(int(p))) for d, p in zip(dist_row, pos_row) if p >= 0]
-                     for dist_row, pos_row in zip(distances, positions)]
+        per_query = [
+            [
+                (self.store.index_to_docstore_id[int(p)], -float(d) if self._negate else float(d), *self._row(int(p)))
+                for d, p in zip(dist_row, pos_row, strict=True)
+                if p >= 0
+            ]
+            for dist_row, pos_row in zip(distances, positions, strict=True)
+        ]
         return hits_from_lists(per_query, k, self.dim, self.name, self.count)
 
     def count(self) -> int:
@@ -166,8 +183,9 @@ class FaissStoreBackend:
     def get(self, ids: Sequence[str]) -> StoreRows:
         """The rows with these ids, in that order (KeyError for missing ones)."""
         positions, wanted = self._position_of(), [str(i) for i in ids]
-        return rows_in_order(wanted, {i: self._row(positions[i]) for i in wanted if i in positions},
-                             self.dim, self.name)
+        return rows_in_order(
+            wanted, {i: self._row(positions[i]) for i in wanted if i in positions}, self.dim, self.name
+        )
 
     def iter_rows(self, batch_size: int = 1000) -> Iterator[StoreRows]:
         """Every row in index order, `batch_size` at a time."""
@@ -183,8 +201,9 @@ class FaissStoreBackend:
         if present:
             self.store.delete(present)
         if rows.ids:
-            self.store.add_embeddings(list(zip(rows.texts, rows.vectors.tolist())), metadatas=rows.metadata,
-                                      ids=rows.ids)
+            self.store.add_embeddings(
+                list(zip(rows.texts, rows.vectors.tolist(), strict=True)), metadatas=rows.metadata, ids=rows.ids
+            )
 
 
 register_backend("InMemoryVectorStore")(InMemoryStoreBackend)
@@ -202,10 +221,14 @@ def _chroma(store: Any) -> Any:
 def _qdrant(store: Any) -> Any:
     from contextflow_integrations.stores.qdrant import QdrantBackend
 
-    return QdrantBackend(store.client, store.collection_name,
-                         text_key=getattr(store, "content_payload_key", "page_content"),
-                         metadata_key=getattr(store, "metadata_payload_key", "metadata"),
-                         vector_name=getattr(store, "vector_name", None) or None, embedding_model_hint=_hint(store))
+    return QdrantBackend(
+        store.client,
+        store.collection_name,
+        text_key=getattr(store, "content_payload_key", "page_content"),
+        metadata_key=getattr(store, "metadata_payload_key", "metadata"),
+        vector_name=getattr(store, "vector_name", None) or None,
+        embedding_model_hint=_hint(store),
+    )
 
 
 def backend_from_vectorstore(vectorstore: Any) -> Any:
@@ -234,5 +257,6 @@ def backend_from_vectorstore(vectorstore: Any) -> Any:
             f"vectorstore: no in-place backend for {type(vectorstore).__name__}; supported: {sorted(BACKENDS)} "
             "or any VectorStoreBackend (contextflow_integrations.stores: MilvusBackend, QdrantBackend, "
             "ChromaBackend). Use mode='copy', or add one with "
-            "contextflow_integrations.langchain.store_backend.register_backend")
+            "contextflow_integrations.langchain.store_backend.register_backend"
+        )
     return BACKENDS[name](vectorstore)

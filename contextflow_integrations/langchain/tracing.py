@@ -16,10 +16,12 @@ Langfuse, Phoenix (OpenInference) or `astream_events` show them:
 With no callback handler attached (a plain ``invoke``), the call is one
 `RAGSequence.generate` and records nothing.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForChainRun, CallbackManagerForLLMRun
 from langchain_core.documents import Document
@@ -37,8 +39,10 @@ LLM_RUN_NAME = "ContextFlowLLM"
 
 
 def _documents(retrieval: Retrieval, b: int) -> list[Document]:
-    return [passage_to_document(p, prior=float(prior), score=float(score))
-            for p, prior, score in zip(retrieval.passages[b], retrieval.priors[b], retrieval.scores[b])]
+    return [
+        passage_to_document(p, prior=float(prior), score=float(score))
+        for p, prior, score in zip(retrieval.passages[b], retrieval.priors[b], retrieval.scores[b], strict=True)
+    ]
 
 
 def _invocation_params(model: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -60,12 +64,15 @@ def _result(step: DecodingPass, row: int, retrieval: Retrieval, answer: RagAnswe
     else:
         passage = retrieval.passages[b][k]
         info.update(passage_id=passage.id, prior=retrieval.priors[b][k], posterior=posterior.get(passage.id))
-    return LLMResult(generations=[[Generation(text=text, generation_info=info)]],
-                     llm_output={"answer": answer.text, "score": float(answer.score), "pass": step.index})
+    return LLMResult(
+        generations=[[Generation(text=text, generation_info=info)]],
+        llm_output={"answer": answer.text, "score": float(answer.score), "pass": step.index},
+    )
 
 
-def answer_with_runs(model: Any, questions: Sequence[str], options: dict[str, Any],
-                     managers: Sequence[CallbackManagerForChainRun]) -> list[RagAnswer]:
+def answer_with_runs(
+    model: Any, questions: Sequence[str], options: dict[str, Any], managers: Sequence[CallbackManagerForChainRun]
+) -> list[RagAnswer]:
     """`model.generate(questions=..., **options)`, with a retriever run and LLM runs under each question's run.
 
     Args:
@@ -77,7 +84,9 @@ def answer_with_runs(model: Any, questions: Sequence[str], options: dict[str, An
     children = [m.get_child() for m in managers]
     if not any(child.handlers for child in children):
         return model.generate(questions=list(questions), **options)
-    retrievers = [child.on_retriever_start(None, q, name=RETRIEVER_RUN_NAME) for child, q in zip(children, questions)]
+    retrievers = [
+        child.on_retriever_start(None, q, name=RETRIEVER_RUN_NAME) for child, q in zip(children, questions, strict=True)
+    ]
     try:
         retrieval = retrieve(model, questions, options.get("num_docs"))
     except BaseException as e:
@@ -94,9 +103,14 @@ def answer_with_runs(model: Any, questions: Sequence[str], options: dict[str, An
         for i, (b, _) in enumerate(step.rows):
             by_question[b].append(i)
         for b, rows in by_question.items():
-            started = children[b].on_llm_start({"name": LLM_RUN_NAME}, [step.prompts[i] for i in rows],
-                                               invocation_params=params, name=LLM_RUN_NAME, batch_size=len(rows))
-            runs.extend((step, i, run) for i, run in zip(rows, started))
+            started = children[b].on_llm_start(
+                {"name": LLM_RUN_NAME},
+                [step.prompts[i] for i in rows],
+                invocation_params=params,
+                name=LLM_RUN_NAME,
+                batch_size=len(rows),
+            )
+            runs.extend((step, i, run) for i, run in zip(rows, started, strict=True))
 
     try:
         answers, _ = generate_recording(model, questions, options, retrieval, on_pass)
@@ -107,4 +121,3 @@ def answer_with_runs(model: Any, questions: Sequence[str], options: dict[str, An
     for step, row, llm_run in runs:
         llm_run.on_llm_end(_result(step, row, retrieval, answers[step.rows[row][0]]))
     return answers
-

@@ -19,6 +19,7 @@ Example:
     >>> result = finetune_from_index(vector_index, "qa.jsonl")  # doctest: +SKIP
     >>> print(result.query_engine.query("Who founded Tarsk?"))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from contextflow_integrations import lazy_exports

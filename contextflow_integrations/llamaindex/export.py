@@ -23,10 +23,12 @@ Where the nodes of an index live (what `nodes_from_index` reads):
       client of the stores we know (Chroma: ``collection.get``, Qdrant: ``client.scroll``).
     - Anything else: a ValueError naming the store and the way out, ``nodes=[...]``.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
@@ -60,39 +62,58 @@ __all__ = [
 # ----------------------------------------------------------------------------- one unit of text
 def _relationships_to_json(relationships: dict) -> dict:
     """{relation name: related info (or list of them) as plain data}; metadata converted later."""
+
     def info(related: RelatedNodeInfo) -> dict:
         node_type = related.node_type
-        return {"node_id": related.node_id, "node_type": node_type.name if isinstance(node_type, ObjectType)
-                else node_type, "metadata": dict(related.metadata or {}), "hash": related.hash}
+        return {
+            "node_id": related.node_id,
+            "node_type": node_type.name if isinstance(node_type, ObjectType) else node_type,
+            "metadata": dict(related.metadata or {}),
+            "hash": related.hash,
+        }
 
-    return {NodeRelationship(rel).name: [info(r) for r in value] if isinstance(value, list) else info(value)
-            for rel, value in relationships.items()}
+    return {
+        NodeRelationship(rel).name: [info(r) for r in value] if isinstance(value, list) else info(value)
+        for rel, value in relationships.items()
+    }
 
 
 def _relationships_from_json(data: Any, passage_id: str) -> dict:
     def info(raw: dict) -> RelatedNodeInfo:
         node_type = raw.get("node_type")
-        node_type = ObjectType[node_type] if node_type in ObjectType.__members__ else node_type
-        return RelatedNodeInfo(node_id=raw["node_id"], node_type=node_type, metadata=raw.get("metadata") or {},
-                               hash=raw.get("hash"))
+        node_type = (
+            ObjectType[node_type] if isinstance(node_type, str) and node_type in ObjectType.__members__ else node_type
+        )
+        return RelatedNodeInfo(
+            node_id=raw["node_id"], node_type=node_type, metadata=raw.get("metadata") or {}, hash=raw.get("hash")
+        )
 
     try:
-        return {NodeRelationship[name]: [info(v) for v in value] if isinstance(value, list) else info(value)
-                for name, value in data.items()}
+        return {
+            NodeRelationship[name]: [info(v) for v in value] if isinstance(value, list) else info(value)
+            for name, value in data.items()
+        }
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"passage: {passage_id!r} has a malformed metadata[{RELATIONSHIPS_KEY!r}] "
-                         f"({type(e).__name__}: {e}); that key is reserved for node relationships") from e
+        raise ValueError(
+            f"passage: {passage_id!r} has a malformed metadata[{RELATIONSHIPS_KEY!r}] "
+            f"({type(e).__name__}: {e}); that key is reserved for node relationships"
+        ) from e
 
 
-def passage_to_node(passage: Passage, embedding: Optional[list[float]] = None) -> TextNode:
+def passage_to_node(passage: Passage, embedding: list[float] | None = None) -> TextNode:
     """A `TextNode` with the passage's id, text, metadata (its title as ``metadata["title"]``) and the
     relationships (SOURCE = ``ref_doc_id``, PREVIOUS, NEXT, PARENT, CHILD) of the node it came from."""
     metadata = dict(passage.metadata)
     relationships = metadata.pop(RELATIONSHIPS_KEY, None)
     if passage.title is not None:
         metadata.setdefault(TITLE_KEY, passage.title)
-    return TextNode(id_=passage.id, text=passage.text, metadata=metadata, embedding=embedding,
-                    relationships=_relationships_from_json(relationships, passage.id) if relationships else {})
+    return TextNode(
+        id_=passage.id,
+        text=passage.text,
+        metadata=metadata,
+        embedding=embedding,
+        relationships=_relationships_from_json(relationships, passage.id) if relationships else {},
+    )
 
 
 def node_to_passage(node: Any) -> Passage:
@@ -110,19 +131,26 @@ def node_to_passage(node: Any) -> Passage:
     if isinstance(node, NodeWithScore):
         node = node.node
     if not isinstance(node, BaseNode):
-        raise ValueError(f"nodes: expected LlamaIndex nodes (TextNode, Document, NodeWithScore), "
-                         f"got {type(node).__name__}")
+        raise ValueError(
+            f"nodes: expected LlamaIndex nodes (TextNode, Document, NodeWithScore), got {type(node).__name__}"
+        )
     node_id = str(node.node_id)
     metadata = dict(node.metadata or {})
     if RELATIONSHIPS_KEY in metadata:
-        raise ValueError(f"nodes: node {node_id!r} has a metadata key {RELATIONSHIPS_KEY!r}, which ContextFlow "
-                         "reserves for node relationships; rename it")
+        raise ValueError(
+            f"nodes: node {node_id!r} has a metadata key {RELATIONSHIPS_KEY!r}, which ContextFlow "
+            "reserves for node relationships; rename it"
+        )
     if node.relationships:
         metadata[RELATIONSHIPS_KEY] = _relationships_to_json(node.relationships)
     metadata = json_metadata(metadata, node_id)
     title = metadata.get(TITLE_KEY)
-    return Passage(id=node_id, text=node.get_content(metadata_mode=MetadataMode.NONE),
-                   title=title if isinstance(title, str) and title else None, metadata=metadata)
+    return Passage(
+        id=node_id,
+        text=node.get_content(metadata_mode=MetadataMode.NONE),
+        title=title if isinstance(title, str) and title else None,
+        metadata=metadata,
+    )
 
 
 def passages_from_nodes(nodes: Iterable[Any]) -> list[Passage]:
@@ -162,7 +190,7 @@ LIVE_NODE_IDS: dict[str, Callable[[Any], set[str]]] = {
 }
 
 
-def _struct_node_ids(index_struct: Any) -> Optional[list[str]]:
+def _struct_node_ids(index_struct: Any) -> list[str] | None:
     """The node ids the index_struct lists, or None for a struct kind not in STRUCT_NODE_IDS."""
     return next((read(index_struct) for kind, read in STRUCT_NODE_IDS if isinstance(index_struct, kind)), None)
 
@@ -171,9 +199,12 @@ def _nodes_of_docstore_index(index: Any) -> list[BaseNode]:
     """The index's current nodes: its index_struct's ids still held by its vector store, from the docstore."""
     ids = _struct_node_ids(index.index_struct)
     if ids is None:
-        warnings.warn(f"index_or_vector_store: cannot tell which docstore nodes a {type(index).__name__} "
-                      f"({type(index.index_struct).__name__}) holds; using every node of its docstore. Pass "
-                      "nodes=[...] to choose them", stacklevel=4)
+        warnings.warn(
+            f"index_or_vector_store: cannot tell which docstore nodes a {type(index).__name__} "
+            f"({type(index.index_struct).__name__}) holds; using every node of its docstore. Pass "
+            "nodes=[...] to choose them",
+            stacklevel=4,
+        )
         return list(index.docstore.docs.values())
     store = getattr(index, "vector_store", None)
     live = LIVE_NODE_IDS.get(type(store).__name__)
@@ -181,8 +212,10 @@ def _nodes_of_docstore_index(index: Any) -> list[BaseNode]:
         held = live(store)
         ids = [i for i in ids if i in held]
     if not ids:
-        raise ValueError(f"index_or_vector_store: the {type(index).__name__} holds no nodes (none indexed, or "
-                         "all deleted); index some documents first or pass nodes=[...]")
+        raise ValueError(
+            f"index_or_vector_store: the {type(index).__name__} holds no nodes (none indexed, or "
+            "all deleted); index some documents first or pass nodes=[...]"
+        )
     return list(index.docstore.get_nodes(ids))
 
 
@@ -192,7 +225,7 @@ def _chroma_nodes(store: Any) -> list[BaseNode]:
     collection = getattr(store, "_collection", None) or store.client
     got = collection.get(include=["documents", "metadatas"])
     nodes = []
-    for node_id, text, metadata in zip(got["ids"], got["documents"], got["metadatas"]):
+    for node_id, text, metadata in zip(got["ids"], got["documents"], got["metadatas"], strict=True):
         metadata = {k: v for k, v in (metadata or {}).items() if k != "__index_id__"}
         try:
             node = metadata_dict_to_node(metadata, text=text)
@@ -207,8 +240,9 @@ def _qdrant_nodes(store: Any, batch: int = 256) -> list[BaseNode]:
 
     nodes, offset = [], None
     while True:
-        points, offset = store.client.scroll(collection_name=store.collection_name, limit=batch, offset=offset,
-                                             with_payload=True, with_vectors=False)
+        points, offset = store.client.scroll(
+            collection_name=store.collection_name, limit=batch, offset=offset, with_payload=True, with_vectors=False
+        )
         nodes += [metadata_dict_to_node(point.payload) for point in points]
         if offset is None:
             return nodes
@@ -241,7 +275,8 @@ def _nodes_of_store(store: Any) -> list[BaseNode]:
     raise ValueError(
         f"index_or_vector_store: could not pull the nodes out of a {name}: {reason}. Pass the nodes "
         f"yourself with nodes=[...] (the TextNodes or Documents you indexed), or the VectorStoreIndex "
-        f"whose docstore holds them")
+        f"whose docstore holds them"
+    )
 
 
 def nodes_from_index(index_or_vector_store: Any) -> list[BaseNode]:
@@ -260,20 +295,25 @@ def nodes_from_index(index_or_vector_store: Any) -> list[BaseNode]:
     """
     obj = index_or_vector_store
     if obj is None:
-        raise ValueError("index_or_vector_store: expected a LlamaIndex index or vector store, got None; "
-                         "pass nodes=[...] instead")
+        raise ValueError(
+            "index_or_vector_store: expected a LlamaIndex index or vector store, got None; pass nodes=[...] instead"
+        )
     if hasattr(obj, "index_struct") and hasattr(obj, "docstore"):
         store = getattr(obj, "vector_store", None)
         keeps_nodes = store is None or not store.stores_text or getattr(obj, "_store_nodes_override", False)
         nodes = _nodes_of_docstore_index(obj) if keeps_nodes else _nodes_of_store(store)
         if not nodes:
-            raise ValueError(f"index_or_vector_store: the {type(obj).__name__} holds no nodes; "
-                             "index some documents first or pass nodes=[...]")
+            raise ValueError(
+                f"index_or_vector_store: the {type(obj).__name__} holds no nodes; "
+                "index some documents first or pass nodes=[...]"
+            )
         return nodes
     if hasattr(obj, "get_nodes") or hasattr(obj, "stores_text"):
         return _nodes_of_store(obj)
-    raise ValueError(f"index_or_vector_store: expected a LlamaIndex index (e.g. VectorStoreIndex) or "
-                     f"vector store, got {type(obj).__name__}; or pass nodes=[...]")
+    raise ValueError(
+        f"index_or_vector_store: expected a LlamaIndex index (e.g. VectorStoreIndex) or "
+        f"vector store, got {type(obj).__name__}; or pass nodes=[...]"
+    )
 
 
 # ----------------------------------------------------------------------------- export
@@ -315,7 +355,7 @@ class ContextFlowEmbedding(BaseEmbedding):
         self._passage_encoder = passage_encoder
 
     @classmethod
-    def from_rag(cls, model: Any, **kwargs: Any) -> "ContextFlowEmbedding":
+    def from_rag(cls, model: Any, **kwargs: Any) -> ContextFlowEmbedding:
         """Queries by the model's question encoder, texts by its (frozen) context encoder."""
         if not hasattr(model, "question_encoder"):
             raise ValueError(f"model: expected a RAGSequence, got {type(model).__name__}")
@@ -362,10 +402,10 @@ def to_vector_store_index(model: Any, *, storage_context: Any = None, show_progr
 
     index, encoder = getattr(model, "index", None), getattr(model, "question_encoder", None)
     if index is None or encoder is None:
-        raise ValueError(f"model: expected a RAGSequence with .index and .question_encoder, "
-                         f"got {type(model).__name__}")
+        raise ValueError(f"model: expected a RAGSequence with .index and .question_encoder, got {type(model).__name__}")
     vectors = index.embeddings.tolist()
-    nodes = [passage_to_node(p, embedding=v) for p, v in zip(index.passages, vectors)]
+    nodes = [passage_to_node(p, embedding=v) for p, v in zip(index.passages, vectors, strict=True)]
     embed_model = ContextFlowEmbedding(encoder, getattr(model, "context_encoder", None))
-    return VectorStoreIndex(nodes, embed_model=embed_model, storage_context=storage_context,
-                            show_progress=show_progress)
+    return VectorStoreIndex(
+        nodes, embed_model=embed_model, storage_context=storage_context, show_progress=show_progress
+    )

@@ -32,16 +32,17 @@ become the examples' gold ids: training does not use them (the retriever learns
 from the answers), they only feed recall@k and MRR. With no index and no nodes,
 the layout's ``corpus`` is the passage collection.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from llama_index.core.schema import TextNode
@@ -92,10 +93,10 @@ class FinetuneResult:
     retriever: ContextFlowRetriever
     history: TrainHistory
     examples: list[QAExample] = field(repr=False)
-    retrieval_before: Optional[dict[str, float]] = None
-    retrieval_after: Optional[dict[str, float]] = None
-    embed_model: Optional[Any] = field(default=None, repr=False)
-    qa: Optional[GeneratedQA] = field(default=None, repr=False)
+    retrieval_before: dict[str, float] | None = None
+    retrieval_after: dict[str, float] | None = None
+    embed_model: Any | None = field(default=None, repr=False)
+    qa: GeneratedQA | None = field(default=None, repr=False)
 
     @property
     def qa_report(self) -> Any:
@@ -114,7 +115,7 @@ class FinetuneResult:
 
 
 # ----------------------------------------------------------------------------- QA pairs
-def _id_layout(source: Any) -> Optional[Mapping]:
+def _id_layout(source: Any) -> Mapping | None:
     """The id-keyed layout as a mapping (queries, relevant_docs, corpus, responses/answers), or None."""
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".json" and Path(source).is_file():
         text = Path(source).read_text(encoding="utf-8")
@@ -123,8 +124,11 @@ def _id_layout(source: Any) -> Optional[Mapping]:
     if isinstance(source, Mapping):
         return source if "queries" in source else None
     if isinstance(getattr(source, "queries", None), Mapping):
-        return {key: getattr(source, key) for key in ("queries", "relevant_docs", "corpus", "responses", "answers")
-                if isinstance(getattr(source, key, None), Mapping)}
+        return {
+            key: getattr(source, key)
+            for key in ("queries", "relevant_docs", "corpus", "responses", "answers")
+            if isinstance(getattr(source, key, None), Mapping)
+        }
     return None
 
 
@@ -133,8 +137,9 @@ def _answer_map(answers: Any) -> Mapping:
         return {}
     mapping = getattr(answers, "responses", answers)
     if not isinstance(mapping, Mapping):
-        raise ValueError(f"answers: expected a mapping {{query_id: answer}} or a QueryResponseDataset, "
-                         f"got {type(answers).__name__}")
+        raise ValueError(
+            f"answers: expected a mapping {{query_id: answer}} or a QueryResponseDataset, got {type(answers).__name__}"
+        )
     return mapping
 
 
@@ -160,8 +165,10 @@ def load_qa_pairs(qa_pairs: Any, answers: Any = None) -> list[QAExample]:
     layout = _id_layout(qa_pairs)
     if layout is None:
         if answers is not None:
-            raise ValueError("answers: only used with the id-keyed layout (queries={query_id: question}), "
-                             f"got it with {type(qa_pairs).__name__} QA pairs, whose rows carry their answers")
+            raise ValueError(
+                "answers: only used with the id-keyed layout (queries={query_id: question}), "
+                f"got it with {type(qa_pairs).__name__} QA pairs, whose rows carry their answers"
+            )
         return load_qa(qa_pairs)
     given = _answer_map(answers)
     own = layout.get("responses") or layout.get("answers") or {}
@@ -175,22 +182,31 @@ def load_qa_pairs(qa_pairs: Any, answers: Any = None) -> list[QAExample]:
             continue
         gold = relevant.get(qid) or []
         gold = [gold] if isinstance(gold, str) else gold
-        rows.append({"question": question, "answer": answer, "gold_ids": [str(g) for g in gold],
-                     "metadata": {"query_id": str(qid)}})
+        rows.append(
+            {
+                "question": question,
+                "answer": answer,
+                "gold_ids": [str(g) for g in gold],
+                "metadata": {"query_id": str(qid)},
+            }
+        )
     if missing:
         raise ValueError(
             f"answers: no answer for {len(missing)} of {len(layout['queries'])} queries (ids {missing[:5]}); the "
             "queries/corpus/relevant_docs layout (EmbeddingQAFinetuneDataset) holds no answers, and ContextFlow "
-            "trains on answers: pass answers={query_id: answer} (or a QueryResponseDataset with the same ids)")
+            "trains on answers: pass answers={query_id: answer} (or a QueryResponseDataset with the same ids)"
+        )
     return load_qa(rows)
 
 
 # ----------------------------------------------------------------------------- model and index
-def _collect_passages(index_or_vector_store: Any, nodes: Optional[Sequence[Any]], qa_pairs: Any) -> list[Passage]:
+def _collect_passages(index_or_vector_store: Any, nodes: Sequence[Any] | None, qa_pairs: Any) -> list[Passage]:
     if nodes is not None:
         if index_or_vector_store is not None:
-            raise ValueError("index_or_vector_store, nodes: expected one source of nodes, got both; "
-                             "pass index_or_vector_store=None to use nodes, or nodes=None to pull the index's")
+            raise ValueError(
+                "index_or_vector_store, nodes: expected one source of nodes, got both; "
+                "pass index_or_vector_store=None to use nodes, or nodes=None to pull the index's"
+            )
         if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
             raise ValueError(f"nodes: expected a list of LlamaIndex nodes, got {type(nodes).__name__}")
         return passages_from_nodes(nodes)
@@ -202,7 +218,7 @@ def _collect_passages(index_or_vector_store: Any, nodes: Optional[Sequence[Any]]
 
 
 @torch.no_grad()
-def _retrieval_metrics(rag: RAGSequence, examples: list[QAExample], batch_size: int = 64) -> Optional[dict]:
+def _retrieval_metrics(rag: RAGSequence, examples: list[QAExample], batch_size: int = 64) -> dict | None:
     labelled = [e for e in examples if e.gold_ids]
     if not labelled:
         return None
@@ -212,16 +228,24 @@ def _retrieval_metrics(rag: RAGSequence, examples: list[QAExample], batch_size: 
         questions = [e.question for e in labelled[start : start + batch_size]]
         ids += rag.index.search(rag.question_encoder.encode(questions), k).ids
     gold = [e.gold_ids for e in labelled]
-    return {"recall@1": recall_at_k(ids, gold, 1), "recall@k": recall_at_k(ids, gold, k), "mrr": mrr(ids, gold, k),
-            "k": k, "num_questions": len(labelled)}
+    return {
+        "recall@1": recall_at_k(ids, gold, 1),
+        "recall@k": recall_at_k(ids, gold, k),
+        "mrr": mrr(ids, gold, k),
+        "k": k,
+        "num_questions": len(labelled),
+    }
 
 
 def _warn_unknown_gold(examples: list[QAExample], index: DocumentIndex) -> None:
     gold = {g for e in examples for g in e.gold_ids}
     unknown = sorted(g for g in gold if g not in index)
     if unknown:
-        warnings.warn(f"qa_pairs: {len(unknown)} of {len(gold)} gold ids are not node ids of the index "
-                      f"(e.g. {unknown[:3]}); recall@k counts them as misses", stacklevel=3)
+        warnings.warn(
+            f"qa_pairs: {len(unknown)} of {len(gold)} gold ids are not node ids of the index "
+            f"(e.g. {unknown[:3]}); recall@k counts them as misses",
+            stacklevel=3,
+        )
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -229,24 +253,24 @@ def finetune_from_index(
     index_or_vector_store: Any,
     qa_pairs: Any = None,
     *,
-    nodes: Optional[Sequence[Any]] = None,
+    nodes: Sequence[Any] | None = None,
     answers: Any = None,
     val_pairs: Any = None,
-    model: Optional[RAGSequence] = None,
+    model: RAGSequence | None = None,
     encoder: Any = None,
     generator: Any = None,
     tokenizer: Any = None,
-    train_config: Optional[TrainConfig] = None,
+    train_config: TrainConfig | None = None,
     batch_size: int = 4,
-    num_docs: Optional[int] = None,
-    prompt: Optional[PromptConfig] = None,
-    rag_config: Optional[RagConfig] = None,
-    query_engine_kwargs: Optional[dict] = None,
+    num_docs: int | None = None,
+    prompt: PromptConfig | None = None,
+    rag_config: RagConfig | None = None,
+    query_engine_kwargs: dict | None = None,
     mode: str = "copy",
     store_check: bool = True,
     question_llm: Any = None,
-    qa_options: Optional[dict] = None,
-    val_fraction: Optional[float] = None,
+    qa_options: dict | None = None,
+    val_fraction: float | None = None,
 ) -> FinetuneResult:
     """Pull the nodes of a LlamaIndex index, train retriever and generator jointly, get LlamaIndex parts back.
 
@@ -334,21 +358,58 @@ def finetune_from_index(
     if _in_place.check_mode(mode, nodes) == "in_place":
         if examples is None:
             check_store_qa_options(qa_options)
-        make_qa = None if examples is not None else partial(  # documents only: questions from the store's rows
-            generate_store_training_qa, writer=writer, qa_options=qa_options, val_fraction=val_fraction,
-            has_val_pairs=val_examples is not None, seed=config.seed, arg="index_or_vector_store")
+        make_qa = (
+            None
+            if examples is not None
+            else partial(  # documents only: questions from the store's rows
+                generate_store_training_qa,
+                writer=writer,
+                qa_options=qa_options,
+                val_fraction=val_fraction,
+                has_val_pairs=val_examples is not None,
+                seed=config.seed,
+                arg="index_or_vector_store",
+            )
+        )
         return _in_place.finetune_in_place(
-            index_or_vector_store, examples, val_examples=val_examples, model=model, encoder=encoder,
-            generator=generator, tokenizer=tokenizer, config=config, batch_size=batch_size, num_docs=num_docs,
-            prompt=prompt, rag_config=rag_config, query_engine_kwargs=query_engine_kwargs,
-            store_check=store_check, metrics=_retrieval_metrics, make_qa=make_qa)
+            index_or_vector_store,
+            examples,
+            val_examples=val_examples,
+            model=model,
+            encoder=encoder,
+            generator=generator,
+            tokenizer=tokenizer,
+            config=config,
+            batch_size=batch_size,
+            num_docs=num_docs,
+            prompt=prompt,
+            rag_config=rag_config,
+            query_engine_kwargs=query_engine_kwargs,
+            store_check=store_check,
+            metrics=_retrieval_metrics,
+            make_qa=make_qa,
+        )
     passages = _collect_passages(index_or_vector_store, nodes, qa_pairs)
-    rag = build_rag(passages, model=model, encoder=encoder, generator=generator, tokenizer=tokenizer,
-                    num_docs=num_docs, prompt=prompt, rag_config=rag_config)
+    rag = build_rag(
+        passages,
+        model=model,
+        encoder=encoder,
+        generator=generator,
+        tokenizer=tokenizer,
+        num_docs=num_docs,
+        prompt=prompt,
+        rag_config=rag_config,
+    )
     qa = None
     if examples is None:  # documents only: write the training questions first
-        qa = generate_training_qa(rag.index.passages, writer, qa_options=qa_options, val_fraction=val_fraction,
-                                  has_val_pairs=val_pairs is not None, seed=config.seed)
+        qa = generate_training_qa(
+            rag.index.passages,
+            writer,
+            qa_options=qa_options,
+            val_fraction=val_fraction,
+            has_val_pairs=val_pairs is not None,
+            seed=config.seed,
+        )
         examples, val_examples = qa.train.examples, (qa.val.examples if qa.val is not None else val_examples)
     _warn_unknown_gold(examples + (val_examples or []), rag.index)
     before = _retrieval_metrics(rag, examples)
@@ -356,14 +417,22 @@ def finetune_from_index(
     val = make_dataloader(val_examples, batch_size=batch_size, shuffle=False) if val_examples else None
     history = train_rag(rag, train, val, config=config)
     return FinetuneResult(
-        model=rag, query_engine=ContextFlowQueryEngine(rag=rag, **(query_engine_kwargs or {})),
-        retriever=ContextFlowRetriever(rag), history=history, examples=examples,
-        retrieval_before=before, retrieval_after=_retrieval_metrics(rag, examples),
-        embed_model=ContextFlowEmbedding.from_rag(rag), qa=qa)
+        model=rag,
+        query_engine=ContextFlowQueryEngine(rag=rag, **(query_engine_kwargs or {})),
+        retriever=ContextFlowRetriever(rag),
+        history=history,
+        examples=examples,
+        retrieval_before=before,
+        retrieval_after=_retrieval_metrics(rag, examples),
+        embed_model=ContextFlowEmbedding.from_rag(rag),
+        qa=qa,
+    )
 
 
 def _documents_only_writer(question_llm: Any, answers: Any, val_pairs: Any) -> Any:
     if answers is not None and val_pairs is None:
-        raise ValueError("answers: answers the queries of given qa_pairs/val_pairs, got it with neither (the pairs "
-                         "are generated and carry their answers); drop answers, or pass the pairs it answers")
+        raise ValueError(
+            "answers: answers the queries of given qa_pairs/val_pairs, got it with neither (the pairs "
+            "are generated and carry their answers); drop answers, or pass the pairs it answers"
+        )
     return as_question_writer(question_llm)

@@ -18,9 +18,11 @@ The question encoder starts from, in order: `model`'s, `encoder`, the index's ow
 embed model when it is a sentence-transformers / HuggingFace model
 (`stores.encoder_from_embeddings`, a copy), else the embedded MiniLM.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from contextflow_core.building import build_rag
 from contextflow_core.config import PromptConfig, RagConfig, TrainConfig
@@ -37,11 +39,15 @@ MODES = ("copy", "in_place")
 def check_mode(mode: Any, nodes: Any = None) -> str:
     """`mode` if it is one of `MODES` (and `nodes` is not given in place), else a ValueError."""
     if mode not in MODES:
-        raise ValueError(f"mode: expected one of {list(MODES)} ('copy' pulls and re-embeds the nodes, "
-                         f"'in_place' trains against the index's vector store as it is), got {mode!r}")
+        raise ValueError(
+            f"mode: expected one of {list(MODES)} ('copy' pulls and re-embeds the nodes, "
+            f"'in_place' trains against the index's vector store as it is), got {mode!r}"
+        )
     if mode == "in_place" and nodes is not None:
-        raise ValueError("nodes: only applies to mode='copy' (nodes to index anew); mode='in_place' trains on "
-                         "the index's stored vectors. Drop nodes=, or use mode='copy'")
+        raise ValueError(
+            "nodes: only applies to mode='copy' (nodes to index anew); mode='in_place' trains on "
+            "the index's stored vectors. Drop nodes=, or use mode='copy'"
+        )
     return mode
 
 
@@ -59,7 +65,7 @@ def starting_encoder(index: Any, model: Any, encoder: Any) -> Any:
 
 def finetune_in_place(
     index_or_vector_store: Any,
-    examples: list,
+    examples: list | None,
     *,
     val_examples: Any = None,
     model: Any = None,
@@ -68,13 +74,13 @@ def finetune_in_place(
     tokenizer: Any = None,
     config: TrainConfig,
     batch_size: int = 4,
-    num_docs: Optional[int] = None,
-    prompt: Optional[PromptConfig] = None,
-    rag_config: Optional[RagConfig] = None,
-    query_engine_kwargs: Optional[dict] = None,
+    num_docs: int | None = None,
+    prompt: PromptConfig | None = None,
+    rag_config: RagConfig | None = None,
+    query_engine_kwargs: dict | None = None,
     store_check: bool = True,
     metrics: Any = None,
-    make_qa: Optional[Callable[..., Any]] = None,
+    make_qa: Callable[..., Any] | None = None,
 ) -> Any:
     """Train over the index's backend; a `FinetuneResult` with the usual parts plus `embed_model`.
 
@@ -102,23 +108,40 @@ def finetune_in_place(
     if examples is None:
         require_iter_rows(backend, "index_or_vector_store")  # before any slow work
     start = starting_encoder(index_or_vector_store, model, encoder)
-    rag = build_rag(store=backend, model=model, encoder=start, generator=generator, tokenizer=tokenizer,
-                    num_docs=num_docs, prompt=prompt, rag_config=rag_config, store_check=store_check)
-    qa = make_qa(backend, read_rows=_plain_rows(backend)) if examples is None else None
-    if qa is not None:  # documents only: questions from the store's rows
+    rag = build_rag(
+        store=backend,
+        model=model,
+        encoder=start,
+        generator=generator,
+        tokenizer=tokenizer,
+        num_docs=num_docs,
+        prompt=prompt,
+        rag_config=rag_config,
+        store_check=store_check,
+    )
+    qa = None
+    if examples is None:  # documents only: questions from the store's rows
+        assert make_qa is not None  # finetune_from_index passes it whenever examples is None
+        qa = make_qa(backend, read_rows=_plain_rows(backend))
         examples, val_examples = qa.train.examples, (qa.val.examples if qa.val is not None else val_examples)
     before = metrics(rag, examples) if metrics else None
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
     val = make_dataloader(val_examples, batch_size=batch_size, shuffle=False) if val_examples else None
     history = train_rag(rag, train, val, config=config)
     return FinetuneResult(
-        model=rag, query_engine=ContextFlowQueryEngine(rag=rag, **(query_engine_kwargs or {})),
-        retriever=ContextFlowRetriever(rag), history=history, examples=examples, retrieval_before=before,
-        retrieval_after=metrics(rag, examples) if metrics else None, embed_model=ContextFlowEmbedding.from_rag(rag),
-        qa=qa)
+        model=rag,
+        query_engine=ContextFlowQueryEngine(rag=rag, **(query_engine_kwargs or {})),
+        retriever=ContextFlowRetriever(rag),
+        history=history,
+        examples=examples,
+        retrieval_before=before,
+        retrieval_after=metrics(rag, examples) if metrics else None,
+        embed_model=ContextFlowEmbedding.from_rag(rag),
+        qa=qa,
+    )
 
 
-def _plain_rows(backend: Any) -> Optional[Callable[[int], Any]]:
+def _plain_rows(backend: Any) -> Callable[[int], Any] | None:
     """A LlamaIndex backend's rows with the nodes' plain text (None: the backend's own `iter_rows`)."""
     if isinstance(backend, LlamaIndexStoreBackend):
         return lambda batch_size: backend.iter_rows(batch_size, as_embedded=False)

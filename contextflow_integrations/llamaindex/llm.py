@@ -17,11 +17,13 @@ prepended) and `chat` uses LlamaIndex's generic "role: content" rendering.
 
 Decoding: `temperature` 0 (the default) is greedy; above 0 samples with it.
 """
+
 from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -29,7 +31,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
@@ -41,24 +43,34 @@ __all__ = ["ContextFlowLLM"]
 _MAX_SANE_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30
 
 #: generate() arguments the LLM sets itself -> the field or keyword to use instead.
-_RESERVED = {"input_ids": "pass the prompt", "attention_mask": "pass the prompt",
-             "max_new_tokens": "pass max_new_tokens= (or max_tokens=) itself", "max_length": "pass max_new_tokens=",
-             "temperature": "pass temperature= itself", "do_sample": "set temperature > 0 to sample",
-             "streamer": "use stream_complete()"}
+_RESERVED = {
+    "input_ids": "pass the prompt",
+    "attention_mask": "pass the prompt",
+    "max_new_tokens": "pass max_new_tokens= (or max_tokens=) itself",
+    "max_length": "pass max_new_tokens=",
+    "temperature": "pass temperature= itself",
+    "do_sample": "set temperature > 0 to sample",
+    "streamer": "use stream_complete()",
+}
 
 
-def _check_fields(cls: type, kwargs: dict) -> dict:
+def _check_fields(cls: type[BaseModel], kwargs: dict) -> dict:
     """Constructor keywords: `max_tokens` (OpenAI's name) as `max_new_tokens`, unknown names and types refused."""
     kwargs = take_alias(kwargs, "max_tokens", "max_new_tokens", cls.__name__)
     refuse_unknown(cls.__name__, kwargs, set(cls.model_fields) | {"model", "tokenizer"})
-    checks = {"max_new_tokens": lambda v: as_int("max_new_tokens", v),
-              "context_window": lambda v: as_int("context_window", v, minimum=0),
-              "temperature": lambda v: as_number("temperature", v, low=0.0, low_open=False)}
+    checks = {
+        "max_new_tokens": lambda v: as_int("max_new_tokens", v),
+        "context_window": lambda v: as_int("context_window", v, minimum=0),
+        "temperature": lambda v: as_number("temperature", v, low=0.0, low_open=False),
+    }
     kwargs = {**kwargs, **{n: check(kwargs[n]) for n, check in checks.items() if n in kwargs}}
     if isinstance(kwargs.get("generate_kwargs"), dict):
         kwargs["generate_kwargs"] = check_generate_kwargs(
-            kwargs["generate_kwargs"], owner="generate_kwargs", reserved=_RESERVED,
-            sampling=kwargs.get("temperature", 0.0) > 0)
+            kwargs["generate_kwargs"],
+            owner="generate_kwargs",
+            reserved=_RESERVED,
+            sampling=kwargs.get("temperature", 0.0) > 0,
+        )
     return kwargs
 
 
@@ -126,7 +138,7 @@ class ContextFlowLLM(CustomLLM):
     context_window: int = Field(default=0, ge=0, description="Prompt + completion budget in tokens.")
     max_new_tokens: int = Field(default=256, gt=0, description="Token budget of a completion.")
     temperature: float = Field(default=0.0, ge=0.0, description="0: greedy; > 0: sampling temperature.")
-    use_chat_template: Optional[bool] = Field(default=None, description="Render prompts with the chat template.")
+    use_chat_template: bool | None = Field(default=None, description="Render prompts with the chat template.")
     generate_kwargs: dict = Field(default_factory=dict, description="Extra arguments of generate().")
 
     _generator: Any = PrivateAttr()
@@ -148,8 +160,10 @@ class ContextFlowLLM(CustomLLM):
             kwargs.setdefault("completion_to_prompt", _ChatTemplate(self._template_completion_to_prompt))
         super().__init__(**kwargs)
         if self.max_new_tokens >= self.context_window:
-            raise ValueError(f"max_new_tokens: expected fewer than context_window ({self.context_window}) "
-                             f"tokens, got {self.max_new_tokens}")
+            raise ValueError(
+                f"max_new_tokens: expected fewer than context_window ({self.context_window}) "
+                f"tokens, got {self.max_new_tokens}"
+            )
         self._generator, self._tokenizer, self._templated = generator, tokenizer, templated
 
     @classmethod
@@ -160,8 +174,12 @@ class ContextFlowLLM(CustomLLM):
     @property
     def metadata(self) -> LLMMetadata:
         """Context window, output budget and model name, as LlamaIndex reads them."""
-        return LLMMetadata(context_window=self.context_window, num_output=self.max_new_tokens,
-                           model_name=self.model_name, is_chat_model=False)
+        return LLMMetadata(
+            context_window=self.context_window,
+            num_output=self.max_new_tokens,
+            model_name=self.model_name,
+            is_chat_model=False,
+        )
 
     # -- prompts ------------------------------------------------------------------------
     def _render(self, turns: list[dict]) -> str:
@@ -188,15 +206,19 @@ class ContextFlowLLM(CustomLLM):
             return prompt
         if not self._templated and self.system_prompt:
             prompt = f"{self.system_prompt}\n\n{prompt}"
-        return self.completion_to_prompt(prompt)
+        to_prompt = self.completion_to_prompt  # LlamaIndex fills in its identity default
+        return to_prompt(prompt) if to_prompt is not None else prompt
 
     # -- generation ---------------------------------------------------------------------
     def _inputs(self, prompt: str, max_new_tokens: int) -> dict:
         encoded = self._tokenizer(prompt, return_tensors="pt", add_special_tokens=not self._templated)
         budget = self.context_window - max_new_tokens
         if encoded["input_ids"].shape[1] > budget:
-            warnings.warn(f"prompt: {encoded['input_ids'].shape[1]} tokens exceed context_window - max_new_tokens "
-                          f"= {budget}; keeping the last {budget}", stacklevel=4)
+            warnings.warn(
+                f"prompt: {encoded['input_ids'].shape[1]} tokens exceed context_window - max_new_tokens "
+                f"= {budget}; keeping the last {budget}",
+                stacklevel=4,
+            )
             encoded = {k: v[:, -budget:] for k, v in encoded.items()}
         device = next(self._generator.parameters()).device
         return {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
@@ -207,11 +229,18 @@ class ContextFlowLLM(CustomLLM):
         kwargs = take_alias(dict(kwargs), "max_tokens", "max_new_tokens", owner)
         max_new_tokens = as_int("max_new_tokens", kwargs.pop("max_new_tokens", self.max_new_tokens))
         if max_new_tokens >= self.context_window:
-            raise ValueError(f"max_new_tokens: expected fewer than context_window ({self.context_window}) "
-                             f"tokens, got {max_new_tokens}")
+            raise ValueError(
+                f"max_new_tokens: expected fewer than context_window ({self.context_window}) "
+                f"tokens, got {max_new_tokens}"
+            )
         temperature = as_number("temperature", kwargs.pop("temperature", self.temperature), low=0.0, low_open=False)
-        kwargs = check_generate_kwargs({**self.generate_kwargs, **kwargs}, owner=owner, reserved=_RESERVED,
-                                       sampling=temperature > 0, also=("max_new_tokens", "max_tokens", "temperature"))
+        kwargs = check_generate_kwargs(
+            {**self.generate_kwargs, **kwargs},
+            owner=owner,
+            reserved=_RESERVED,
+            sampling=temperature > 0,
+            also=("max_new_tokens", "max_tokens", "temperature"),
+        )
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature)
         else:
@@ -227,10 +256,12 @@ class ContextFlowLLM(CustomLLM):
         inputs = self._inputs(self._full_prompt(prompt, formatted), max_new_tokens)
         with eval_mode(self._generator):  # no dropout; the generator's own modes come back after
             output = self._generator.generate(**inputs, **gen_kwargs)
-        new_tokens = output[0, inputs["input_ids"].shape[1]:]
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
         text = self._tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return CompletionResponse(text=text, raw={"prompt_tokens": int(inputs["input_ids"].shape[1]),
-                                                  "completion_tokens": int(new_tokens.shape[0])})
+        return CompletionResponse(
+            text=text,
+            raw={"prompt_tokens": int(inputs["input_ids"].shape[1]), "completion_tokens": int(new_tokens.shape[0])},
+        )
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:

@@ -16,6 +16,7 @@ templates). Each key is a `PromptConfig` field:
 Templates use Python's ``{name}`` placeholders in both libraries, so a template reads the
 same in `get_prompts()` and in the model's `PromptConfig`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,16 @@ from contextflow_core.validation import refuse_unknown
 
 __all__ = ["PROMPT_KEYS", "config_prompts", "update_model_prompts"]
 
-PROMPT_KEYS = ("system_prompt", "instruction", "user_format", "question_format", "passage_format",
-               "passage_format_untitled", "passage_separator", "answer_prefix")
+PROMPT_KEYS = (
+    "system_prompt",
+    "instruction",
+    "user_format",
+    "question_format",
+    "passage_format",
+    "passage_format_untitled",
+    "passage_separator",
+    "answer_prefix",
+)
 
 
 def config_prompts(config: PromptConfig) -> dict[str, PromptTemplate]:
@@ -45,12 +54,16 @@ def _template_text(key: str, value: Any) -> str:
         return value
     if not isinstance(value, PromptTemplate):
         kind = "a chat template" if isinstance(value, BasePromptTemplate) else type(value).__name__
-        raise ValueError(f"update_prompts[{key!r}]: expected a PromptTemplate or a string, got {kind}; "
-                         "ContextFlow renders the chat turns itself from the generator's chat template")
+        raise ValueError(
+            f"update_prompts[{key!r}]: expected a PromptTemplate or a string, got {kind}; "
+            "ContextFlow renders the chat turns itself from the generator's chat template"
+        )
     if value.kwargs or value.template_var_mappings or value.function_mappings:
-        raise ValueError(f"update_prompts[{key!r}]: expected a plain PromptTemplate, got one with partial "
-                         "variables or variable/function mappings; ContextFlow fills the placeholders itself, so "
-                         "write the final template text")
+        raise ValueError(
+            f"update_prompts[{key!r}]: expected a plain PromptTemplate, got one with partial "
+            "variables or variable/function mappings; ContextFlow fills the placeholders itself, so "
+            "write the final template text"
+        )
     return value.template
 
 

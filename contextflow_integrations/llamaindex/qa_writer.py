@@ -9,6 +9,7 @@ Example:
     >>> LlamaIndexQuestionWriter(MockLLM(max_tokens=2))("Passage: ...")
     'text text'
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -66,5 +67,7 @@ def as_question_writer(question_llm: Any) -> Any:
         return LlamaIndexQuestionWriter(question_llm)
     if callable(question_llm) and not isinstance(question_llm, type):
         return question_llm
-    raise TypeError(f"question_llm: expected None, a writer name ('embedded', 'cloze'), a LlamaIndex LLM, "
-                    f"or a callable prompt -> text, got {type(question_llm).__name__}")
+    raise TypeError(
+        f"question_llm: expected None, a writer name ('embedded', 'cloze'), a LlamaIndex LLM, "
+        f"or a callable prompt -> text, got {type(question_llm).__name__}"
+    )

@@ -28,12 +28,14 @@ from `aquery`):
       shown earlier: the stream yields the final answer as one chunk and
       `source_nodes` is set from the start.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import threading
-from typing import Any, AsyncGenerator, Generator, Optional, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
+from typing import Any, cast
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.response.schema import (
@@ -61,9 +63,14 @@ __all__ = ["ContextFlowQueryEngine", "source_nodes"]
 #: Conventional names with no counterpart here -> the field to use.
 _RENAMES = {"max_tokens": "max_new_tokens", "k": "num_docs", "top_k": "num_docs"}
 #: generate() arguments that are fields of the engine or set by RAG decoding.
-_RESERVED = {**RAG_RESERVED, "questions": "pass the query to query()", "num_docs": "pass num_docs= itself",
-             "max_new_tokens": "pass max_new_tokens= itself", "decoding": "pass decoding= itself",
-             "streamer": "set streaming=True"}
+_RESERVED = {
+    **RAG_RESERVED,
+    "questions": "pass the query to query()",
+    "num_docs": "pass num_docs= itself",
+    "max_new_tokens": "pass max_new_tokens= itself",
+    "decoding": "pass decoding= itself",
+    "streamer": "set streaming=True",
+}
 
 
 def source_nodes(answer: RagAnswer) -> list[NodeWithScore]:
@@ -100,13 +107,16 @@ class ContextFlowQueryEngine(CustomQueryEngine):
     """
 
     rag: Any = Field(exclude=True, repr=False, description="The RAGSequence.")
-    num_docs: Optional[int] = Field(default=None, gt=0, description="K; None: the model's.")
+    num_docs: int | None = Field(default=None, gt=0, description="K; None: the model's.")
     max_new_tokens: int = Field(default=64, gt=0, description="Answer token budget.")
     decoding: str = Field(default="thorough", description="'thorough', 'fast' or 'concat'.")
     streaming: bool = Field(default=False, description="Return a streaming response.")
     generate_kwargs: dict = Field(default_factory=dict, description="Extra arguments of RAGSequence.generate.")
-    batching: bool = Field(default=True, description="Answer concurrent queries in shared generate calls "
-                                                     "(the model's RequestBatcher) while nothing traces them.")
+    batching: bool = Field(
+        default=True,
+        description="Answer concurrent queries in shared generate calls "
+        "(the model's RequestBatcher) while nothing traces them.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -121,8 +131,9 @@ class ContextFlowQueryEngine(CustomQueryEngine):
         if "max_new_tokens" in data:
             data["max_new_tokens"] = as_int("max_new_tokens", data["max_new_tokens"])
         if isinstance(data.get("generate_kwargs"), dict):
-            data["generate_kwargs"] = check_generate_kwargs(data["generate_kwargs"], owner="generate_kwargs",
-                                                            reserved=_RESERVED)
+            data["generate_kwargs"] = check_generate_kwargs(
+                data["generate_kwargs"], owner="generate_kwargs", reserved=_RESERVED
+            )
         return data
 
     @field_validator("rag")
@@ -145,8 +156,9 @@ class ContextFlowQueryEngine(CustomQueryEngine):
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
         """retrieve (span, RETRIEVE event) then synthesize (span, LLM events), inside a QUERY event."""
-        with self.callback_manager.event(CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}) \
-                as event:
+        with self.callback_manager.event(
+            CBEventType.QUERY, payload={EventPayload.QUERY_STR: query_bundle.query_str}
+        ) as event:
             response = self.synthesize(query_bundle, self.retrieve(query_bundle))
             event.on_end(payload={EventPayload.RESPONSE: response})
         return response
@@ -154,8 +166,11 @@ class ContextFlowQueryEngine(CustomQueryEngine):
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
         response = await asyncio.to_thread(self._query, query_bundle)  # the span context goes along
         if isinstance(response, StreamingResponse):
-            return AsyncStreamingResponse(response_gen=_async_tokens(response.response_gen),
-                                          source_nodes=response.source_nodes, metadata=response.metadata)
+            return AsyncStreamingResponse(
+                response_gen=_async_tokens(response.response_gen),
+                source_nodes=response.source_nodes,
+                metadata=response.metadata,
+            )
         return response
 
     def custom_query(self, query_str: str) -> RESPONSE_TYPE:
@@ -176,16 +191,21 @@ class ContextFlowQueryEngine(CustomQueryEngine):
         """
         bundle = QueryBundle(query_bundle) if isinstance(query_bundle, str) else query_bundle
         dispatcher.event(RetrievalStartEvent(str_or_query_bundle=bundle))
-        with self.callback_manager.event(CBEventType.RETRIEVE, payload={EventPayload.QUERY_STR: bundle.query_str}) \
-                as event:
+        with self.callback_manager.event(
+            CBEventType.RETRIEVE, payload={EventPayload.QUERY_STR: bundle.query_str}
+        ) as event:
             nodes = prior_nodes(retrieve(self.rag, [bundle.query_str], self.num_docs))
             event.on_end(payload={EventPayload.NODES: nodes})
         dispatcher.event(RetrievalEndEvent(str_or_query_bundle=bundle, nodes=nodes))
         return nodes
 
     @dispatcher.span
-    def synthesize(self, query_bundle: QueryBundle, nodes: list[NodeWithScore],
-                   additional_source_nodes: Optional[Sequence[NodeWithScore]] = None) -> RESPONSE_TYPE:
+    def synthesize(
+        self,
+        query_bundle: QueryBundle,
+        nodes: list[NodeWithScore],
+        additional_source_nodes: Sequence[NodeWithScore] | None = None,
+    ) -> RESPONSE_TYPE:
         """Answer from the nodes `retrieve(query_bundle)` returned, by RAG-Sequence decoding.
 
         Fires LLM start/end events per prompt of each decoding pass (see `tracing`) inside a
@@ -196,8 +216,10 @@ class ContextFlowQueryEngine(CustomQueryEngine):
                 weighs its own retriever's passages), or `additional_source_nodes` are given.
         """
         if additional_source_nodes:
-            raise ValueError("additional_source_nodes: expected none, got "
-                             f"{len(additional_source_nodes)}; RAG-Sequence answers from its K retrieved passages")
+            raise ValueError(
+                "additional_source_nodes: expected none, got "
+                f"{len(additional_source_nodes)}; RAG-Sequence answers from its K retrieved passages"
+            )
         retrieval = retrieval_of(query_bundle.query_str, list(nodes))
         if self.streaming:
             return self._stream(retrieval)
@@ -207,13 +229,19 @@ class ContextFlowQueryEngine(CustomQueryEngine):
     # -- answering ----------------------------------------------------------------------
     def _generate(self, retrieval: Retrieval, **extra: Any) -> RagAnswer:
         """One traced `generate` call for the retrieval's question (see `tracing`)."""
-        options = {"num_docs": self.num_docs, "max_new_tokens": self.max_new_tokens, "decoding": self.decoding,
-                   **self.generate_kwargs, **extra}
+        options = {
+            "num_docs": self.num_docs,
+            "max_new_tokens": self.max_new_tokens,
+            "decoding": self.decoding,
+            **self.generate_kwargs,
+            **extra,
+        }
         if self.batching and not extra and not _observed(self.callback_manager):
             return self._generate_batched(retrieval, options)
         events = LLMEvents(self.callback_manager, retrieval, {**self._model_dict(), **self._metadata(None)})
-        with self.callback_manager.event(CBEventType.SYNTHESIZE,
-                                         payload={EventPayload.QUERY_STR: retrieval.questions[0]}) as event:
+        with self.callback_manager.event(
+            CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: retrieval.questions[0]}
+        ) as event:
             try:
                 answers, _ = generate_recording(self.rag, retrieval.questions, options, retrieval, events.start)
             except BaseException as e:
@@ -236,12 +264,17 @@ class ContextFlowQueryEngine(CustomQueryEngine):
 
     def _model_dict(self) -> dict[str, Any]:
         config = getattr(self.rag.generator, "config", None)
-        return {"model_name": getattr(config, "_name_or_path", None) or type(self.rag.generator).__name__,
-                "max_new_tokens": self.max_new_tokens}
+        return {
+            "model_name": getattr(config, "_name_or_path", None) or type(self.rag.generator).__name__,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
-    def _metadata(self, answer: Optional[RagAnswer]) -> dict[str, Any]:
-        return {"score": None if answer is None else answer.score, "decoding": self.decoding,
-                "num_docs": self.rag.resolve_num_docs(self.num_docs)}
+    def _metadata(self, answer: RagAnswer | None) -> dict[str, Any]:
+        return {
+            "score": None if answer is None else answer.score,
+            "decoding": self.decoding,
+            "num_docs": self.rag.resolve_num_docs(self.num_docs),
+        }
 
     # -- prompts (PromptMixin) --------------------------------------------------------------
     def _get_prompts(self) -> dict[str, Any]:
@@ -256,16 +289,19 @@ class ContextFlowQueryEngine(CustomQueryEngine):
     def _stream(self, retrieval: Retrieval) -> StreamingResponse:
         if self.decoding != "concat":
             answer = self._generate(retrieval)
-            chunks = iter([answer.text] if answer.text else [])
-            return StreamingResponse(response_gen=chunks, source_nodes=source_nodes(answer),
-                                     metadata=self._metadata(answer))
-        response = StreamingResponse(response_gen=None, source_nodes=[], metadata=self._metadata(None))
+            chunks = (text for text in ([answer.text] if answer.text else []))
+            return StreamingResponse(
+                response_gen=chunks, source_nodes=source_nodes(answer), metadata=self._metadata(answer)
+            )
+        # response_gen is set just below: the token generator fills this very response's sources and metadata
+        response = StreamingResponse(response_gen=None, source_nodes=[], metadata=self._metadata(None))  # type: ignore[arg-type]
         context = contextvars.copy_context()  # the synthesize span's, for the events of the generating thread
         response.response_gen = self._concat_tokens(retrieval, response, context)
         return response
 
-    def _concat_tokens(self, retrieval: Retrieval, response: StreamingResponse,
-                       context: contextvars.Context) -> Generator[str, None, None]:
+    def _concat_tokens(
+        self, retrieval: Retrieval, response: StreamingResponse, context: contextvars.Context
+    ) -> Generator[str, None, None]:
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.rag.generator_tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -285,6 +321,8 @@ class ContextFlowQueryEngine(CustomQueryEngine):
         if "error" in result:
             raise result["error"]
         response.source_nodes[:] = source_nodes(result["answer"])
+        if response.metadata is None:
+            response.metadata = {}
         response.metadata.update(self._metadata(result["answer"]))
 
 
@@ -311,4 +349,4 @@ async def _async_tokens(tokens) -> AsyncGenerator[str, None]:
         token = await asyncio.to_thread(next, tokens, done)
         if token is done:
             return
-        yield token
+        yield cast(str, token)

@@ -7,10 +7,11 @@ inner product q . d the index ranked by). LlamaIndex's `BaseRetriever.retrieve`
 wraps `_retrieve`, so callbacks and instrumentation events fire as for its own
 retrievers.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
@@ -30,8 +31,10 @@ def _as_core_retriever(model: Any) -> Retriever:
     """A core Retriever (index + encoder) from a RAGSequence or a Retriever with an encoder."""
     if isinstance(model, Retriever):
         if model.encoder is None:
-            raise ValueError("model: expected a Retriever with a question encoder, got one without; "
-                             "build it as Retriever(index, encoder)")
+            raise ValueError(
+                "model: expected a Retriever with a question encoder, got one without; "
+                "build it as Retriever(index, encoder)"
+            )
         return model
     index, encoder = getattr(model, "index", None), getattr(model, "question_encoder", None)
     if index is None or encoder is None:
@@ -57,10 +60,18 @@ class ContextFlowRetriever(BaseRetriever):
         [('p3', 4.1), ('p0', 2.7), ('p5', 1.9)]
     """
 
-    def __init__(self, model: Any, *, similarity_top_k: Optional[int] = None,
-                 callback_manager: Optional[CallbackManager] = None, verbose: bool = False, **kwargs: Any) -> None:
-        refuse_unknown(type(self).__name__, kwargs, ("model", "similarity_top_k", "callback_manager", "verbose"),
-                       _RENAMES)
+    def __init__(
+        self,
+        model: Any,
+        *,
+        similarity_top_k: int | None = None,
+        callback_manager: CallbackManager | None = None,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        refuse_unknown(
+            type(self).__name__, kwargs, ("model", "similarity_top_k", "callback_manager", "verbose"), _RENAMES
+        )
         self._core = _as_core_retriever(model)
         k = self._core.k if similarity_top_k is None else similarity_top_k
         self.similarity_top_k = as_int("similarity_top_k", k)  # numpy ints too
@@ -69,8 +80,10 @@ class ContextFlowRetriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         k = min(self.similarity_top_k, len(self._core.index))  # LlamaIndex returns fewer, silently
         retrieved = self._core.retrieve([query_bundle.query_str], k)
-        return [NodeWithScore(node=passage_to_node(p), score=float(s))
-                for p, s in zip(retrieved.passages[0], retrieved.scores[0].tolist())]
+        return [
+            NodeWithScore(node=passage_to_node(p), score=float(s))
+            for p, s in zip(retrieved.passages[0], retrieved.scores[0].tolist(), strict=True)
+        ]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)

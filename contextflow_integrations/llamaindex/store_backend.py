@@ -20,16 +20,24 @@ Supported: a `VectorStoreIndex` over `SimpleVectorStore` (the default), and any
 vector store whose query results carry nodes with embeddings (pass the
 `VectorStoreIndex` or the store itself).
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from llama_index.core.schema import MetadataMode, TextNode
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from contextflow_core.retrieval.store import StoreHits, StoreRows, VectorStoreBackend
 from contextflow_integrations.llamaindex.export import node_to_passage
-from contextflow_integrations.stores._common import as_queries, check_positive, check_rows, hits_from_lists, rows_in_order
+from contextflow_integrations.stores._common import (
+    as_queries,
+    check_positive,
+    check_rows,
+    hits_from_lists,
+    rows_in_order,
+)
 
 
 def _text_and_metadata(node: Any, as_embedded: bool = False) -> tuple[str, dict]:
@@ -51,18 +59,20 @@ class LlamaIndexStoreBackend:
         ValueError: An empty store without `dim`, or a store that keeps no text without its index.
     """
 
-    def __init__(self, vector_store: Any, index: Any = None, *, dim: Optional[int] = None) -> None:
+    def __init__(self, vector_store: Any, index: Any = None, *, dim: int | None = None) -> None:
         self.store, self.index = vector_store, index
         self.docstore = getattr(index, "docstore", None)
         if not getattr(vector_store, "stores_text", False) and self.docstore is None:
-            raise ValueError(f"index_or_vector_store: a {type(vector_store).__name__} keeps no text; pass the "
-                             "VectorStoreIndex built on it (its docstore holds the texts)")
+            raise ValueError(
+                f"index_or_vector_store: a {type(vector_store).__name__} keeps no text; pass the "
+                "VectorStoreIndex built on it (its docstore holds the texts)"
+            )
         self.dim = check_positive(dim, "dim") if dim is not None else self._stored_dim()
         embed_model = getattr(index, "_embed_model", None)
         self.embedding_model_hint = getattr(embed_model, "model_name", None)
         self.name = f"llamaindex:{type(vector_store).__name__}@{id(vector_store):x}"
 
-    def _embedding_dict(self) -> Optional[dict]:
+    def _embedding_dict(self) -> dict | None:
         data = getattr(self.store, "data", None)
         return getattr(data, "embedding_dict", None)
 
@@ -73,12 +83,15 @@ class LlamaIndexStoreBackend:
         nodes = self._nodes(None)
         if nodes and nodes[0].embedding is not None:
             return len(nodes[0].embedding)
-        raise ValueError(f"dim: cannot read the dimension of the {type(self.store).__name__} (empty, or its nodes "
-                         "carry no embeddings); pass dim=...")
+        raise ValueError(
+            f"dim: cannot read the dimension of the {type(self.store).__name__} (empty, or its nodes "
+            "carry no embeddings); pass dim=..."
+        )
 
-    def _nodes(self, ids: Optional[Sequence[str]]) -> list[Any]:
-        if self.docstore is not None and self._embedding_dict() is not None:
-            wanted = list(self._embedding_dict()) if ids is None else list(ids)
+    def _nodes(self, ids: Sequence[str] | None) -> list[Any]:
+        table = self._embedding_dict()
+        if self.docstore is not None and table is not None:
+            wanted = list(table) if ids is None else list(ids)
             return [self.docstore.get_node(i, raise_error=False) for i in wanted]
         return list(self.store.get_nodes(node_ids=None if ids is None else list(ids)))
 
@@ -88,8 +101,10 @@ class LlamaIndexStoreBackend:
             return table[node_id]
         if node is not None and node.embedding is not None:
             return node.embedding
-        raise ValueError(f"{self.name}: node {node_id!r} comes back without its embedding; this store cannot "
-                         "serve in place (use mode='copy')")
+        raise ValueError(
+            f"{self.name}: node {node_id!r} comes back without its embedding; this store cannot "
+            "serve in place (use mode='copy')"
+        )
 
     def search(self, query_vectors: Any, k: int) -> StoreHits:
         """Top-k nodes per query through the store's own ``query``, with stored vectors."""
@@ -100,8 +115,13 @@ class LlamaIndexStoreBackend:
             ids = [str(i) for i in (result.ids or [n.node_id for n in result.nodes or []])]
             nodes = list(result.nodes) if result.nodes else self._nodes(ids)
             sims = result.similarities or [0.0] * len(ids)
-            per_query.append([(i, float(s), self._vector(i, n), *_text_and_metadata(n))
-                              for i, s, n in zip(ids, sims, nodes) if n is not None])
+            per_query.append(
+                [
+                    (i, float(s), self._vector(i, n), *_text_and_metadata(n))
+                    for i, s, n in zip(ids, sims, nodes, strict=True)
+                    if n is not None
+                ]
+            )
         return hits_from_lists(per_query, k, self.dim, self.name, self.count)
 
     def count(self) -> int:
@@ -110,8 +130,11 @@ class LlamaIndexStoreBackend:
         return len(table) if table is not None else len(self._nodes(None))
 
     def _rows(self, ids: Sequence[str], nodes: Sequence[Any], as_embedded: bool = True) -> StoreRows:
-        found = {str(n.node_id): (self._vector(str(n.node_id), n), *_text_and_metadata(n, as_embedded=as_embedded))
-                 for n in nodes if n is not None}
+        found = {
+            str(n.node_id): (self._vector(str(n.node_id), n), *_text_and_metadata(n, as_embedded=as_embedded))
+            for n in nodes
+            if n is not None
+        }
         return rows_in_order([str(i) for i in ids], found, self.dim, self.name)
 
     def get(self, ids: Sequence[str]) -> StoreRows:
@@ -138,14 +161,16 @@ class LlamaIndexStoreBackend:
         rows = check_rows(rows, self.dim, self.name)
         table = self._embedding_dict()
         fresh = []
-        for doc_id, vector, text, meta in zip(rows.ids, rows.vectors, rows.texts, rows.metadata):
+        for doc_id, vector, text, meta in zip(rows.ids, rows.vectors, rows.texts, rows.metadata, strict=True):
             node = TextNode(id_=doc_id, text=text, metadata=meta, embedding=vector.tolist())
             if table is not None and doc_id in table:
                 table[doc_id] = vector.tolist()
                 if self.docstore is not None:
                     old = self.docstore.get_node(doc_id, raise_error=False)
-                    same = old is not None and text in (old.get_content(),
-                                                        old.get_content(metadata_mode=MetadataMode.EMBED))
+                    same = old is not None and text in (
+                        old.get_content(),
+                        old.get_content(metadata_mode=MetadataMode.EMBED),
+                    )
                     if not same:
                         self.docstore.add_documents([node], allow_update=True)
             else:
@@ -168,5 +193,7 @@ def backend_from_index(index_or_vector_store: Any) -> Any:
         return LlamaIndexStoreBackend(store, obj)
     if hasattr(obj, "query") and hasattr(obj, "stores_text"):
         return LlamaIndexStoreBackend(obj)
-    raise ValueError(f"index_or_vector_store: expected a LlamaIndex VectorStoreIndex, a vector store or a "
-                     f"VectorStoreBackend for mode='in_place', got {type(obj).__name__}")
+    raise ValueError(
+        f"index_or_vector_store: expected a LlamaIndex VectorStoreIndex, a vector store or a "
+        f"VectorStoreBackend for mode='in_place', got {type(obj).__name__}"
+    )

@@ -13,9 +13,10 @@ LlamaIndex's two observability channels, so handlers of either see the RAG path:
 
 The spans these events belong to are the query engine's (``retrieve``, ``synthesize``).
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from llama_index.core.base.llms.types import CompletionResponse
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
@@ -37,7 +38,7 @@ dispatcher = get_dispatcher("contextflow_integrations.llamaindex.query_engine")
 def prior_nodes(retrieval: Retrieval, b: int = 0) -> list[NodeWithScore]:
     """Question `b`'s K passages as nodes: score = prior p(z|x), ``metadata["retrieval_score"]`` = q . d."""
     nodes = []
-    for passage, prior, score in zip(retrieval.passages[b], retrieval.priors[b], retrieval.scores[b]):
+    for passage, prior, score in zip(retrieval.passages[b], retrieval.priors[b], retrieval.scores[b], strict=True):
         node = passage_to_node(passage)
         node.metadata["retrieval_score"] = float(score)
         node.excluded_llm_metadata_keys = [*node.excluded_llm_metadata_keys, "retrieval_score"]
@@ -52,8 +53,12 @@ def retrieval_of(question: str, nodes: list[NodeWithScore]) -> Retrieval:
         passage = node_to_passage(n.node)
         passage.metadata.pop("retrieval_score", None)
         passages.append(passage)
-    return Retrieval(questions=[question], passages=[passages], priors=[[float(n.score or 0.0) for n in nodes]],
-                     scores=[[float(n.node.metadata.get("retrieval_score", 0.0)) for n in nodes]])
+    return Retrieval(
+        questions=[question],
+        passages=[passages],
+        priors=[[float(n.score or 0.0) for n in nodes]],
+        scores=[[float(n.node.metadata.get("retrieval_score", 0.0)) for n in nodes]],
+    )
 
 
 class LLMEvents:
@@ -72,8 +77,11 @@ class LLMEvents:
     def start(self, step: DecodingPass) -> None:
         """A pass starts: one start event per prompt."""
         for row, prompt in enumerate(step.prompts):
-            dispatcher.event(LLMCompletionStartEvent(prompt=prompt, additional_kwargs=self._row_info(step, row),
-                                                     model_dict=self.model_dict))
+            dispatcher.event(
+                LLMCompletionStartEvent(
+                    prompt=prompt, additional_kwargs=self._row_info(step, row), model_dict=self.model_dict
+                )
+            )
             context = EventContext(self.callback_manager, CBEventType.LLM)
             context.on_start(payload={EventPayload.PROMPT: prompt, EventPayload.SERIALIZED: self.model_dict})
             self.open.append((step, row, context))
@@ -84,8 +92,12 @@ class LLMEvents:
             answer = answers[step.rows[row][0]]
             text = step.outputs[row] if row < len(step.outputs) else ""
             posterior = {p.id: float(w) for p, w in answer.sources}
-            info = {**self._row_info(step, row), "chosen": bool(text) and text == answer.text,
-                    "answer": answer.text, "score": float(answer.score)}
+            info = {
+                **self._row_info(step, row),
+                "chosen": bool(text) and text == answer.text,
+                "answer": answer.text,
+                "score": float(answer.score),
+            }
             if "passage_id" in info:
                 info["posterior"] = posterior.get(info["passage_id"])
             response = CompletionResponse(text=text, additional_kwargs=info)
@@ -109,12 +121,14 @@ class LLMEvents:
         return info
 
 
-def same_passages(retrieval: Retrieval, answer: RagAnswer) -> Optional[str]:
+def same_passages(retrieval: Retrieval, answer: RagAnswer) -> str | None:
     """None when `answer` came from the retrieval's passages, else a message saying how they differ."""
     given = sorted(p.id for p in retrieval.passages[0])
     used = sorted(p.id for p, _ in answer.sources)
     if given == used:
         return None
-    return (f"nodes: expected the nodes retrieve(query_bundle) returns for this query (ids {used}), got ids {given}; "
-            "RAG-Sequence weighs the passages its own retriever found, so call query() or pass "
-            "retrieve()'s nodes unchanged")
+    return (
+        f"nodes: expected the nodes retrieve(query_bundle) returns for this query (ids {used}), got ids {given}; "
+        "RAG-Sequence weighs the passages its own retriever found, so call query() or pass "
+        "retrieve()'s nodes unchanged"
+    )

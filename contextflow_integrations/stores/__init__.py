@@ -20,6 +20,7 @@ Example:
     >>> from contextflow_integrations.stores import MilvusBackend  # doctest: +SKIP
     >>> model = RAGSequence.from_defaults(MilvusBackend(MilvusClient("docs.db"), "docs"))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import importlib

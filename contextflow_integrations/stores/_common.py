@@ -2,9 +2,11 @@
 
 Shapes: B queries, K hits each, N rows, D embedding size.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +43,10 @@ def as_queries(query_vectors: Any, dim: int, name: str) -> np.ndarray:
         query_vectors = query_vectors.detach().cpu().float().numpy()
     queries = np.asarray(query_vectors, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != dim or queries.shape[0] == 0:
-        raise ValueError(f"query_vectors: expected a (B, {dim}) array for the store {name!r} (B >= 1), "
-                         f"got shape {tuple(queries.shape)}")
+        raise ValueError(
+            f"query_vectors: expected a (B, {dim}) array for the store {name!r} (B >= 1), "
+            f"got shape {tuple(queries.shape)}"
+        )
     return queries
 
 
@@ -58,20 +62,30 @@ def check_rows(rows: Any, dim: int, name: str) -> StoreRows:
     if not isinstance(rows, StoreRows):
         raise ValueError(f"rows: expected a StoreRows(ids, vectors, texts, metadata), got {type(rows).__name__}")
     ids = check_ids(rows.ids, "rows.ids")
-    vectors = np.asarray(rows.vectors, dtype=np.float32).reshape(len(ids), -1) if ids else \
-        np.zeros((0, dim), np.float32)
+    vectors = (
+        np.asarray(rows.vectors, dtype=np.float32).reshape(len(ids), -1) if ids else np.zeros((0, dim), np.float32)
+    )
     if vectors.shape != (len(ids), dim):
-        raise ValueError(f"rows.vectors: expected shape ({len(ids)}, {dim}) for the store {name!r}, "
-                         f"got {tuple(np.asarray(rows.vectors).shape)}")
+        raise ValueError(
+            f"rows.vectors: expected shape ({len(ids)}, {dim}) for the store {name!r}, "
+            f"got {tuple(np.asarray(rows.vectors).shape)}"
+        )
     texts, metadata = list(rows.texts), list(rows.metadata)
     if len(texts) != len(ids) or len(metadata) != len(ids):
-        raise ValueError(f"rows: expected {len(ids)} texts and metadata dicts, one per id, "
-                         f"got {len(texts)} texts and {len(metadata)} metadata")
+        raise ValueError(
+            f"rows: expected {len(ids)} texts and metadata dicts, one per id, "
+            f"got {len(texts)} texts and {len(metadata)} metadata"
+        )
     return StoreRows(ids, vectors, [str(t) for t in texts], [dict(m or {}) for m in metadata])
 
 
-def hits_from_lists(per_query: Sequence[Sequence[tuple[str, float, Sequence[float], str, dict]]], k: int,
-                    dim: int, name: str, count: Callable[[], int]) -> StoreHits:
+def hits_from_lists(
+    per_query: Sequence[Sequence[tuple[Any, float, Any, str | None, dict | None]]],
+    k: int,
+    dim: int,
+    name: str,
+    count: Callable[[], int],
+) -> StoreHits:
     """StoreHits from, per query, the engine's (id, score, vector, text, metadata) hits, best first.
 
     Raises:
@@ -79,31 +93,37 @@ def hits_from_lists(per_query: Sequence[Sequence[tuple[str, float, Sequence[floa
     """
     short = next((len(hits) for hits in per_query if len(hits) < k), None)
     if short is not None:
-        raise ValueError(f"k: expected at most the number of rows the store {name!r} returns, asked for {k}, "
-                         f"got {short} hits (the store holds {count()} rows); lower k (num_docs)")
+        raise ValueError(
+            f"k: expected at most the number of rows the store {name!r} returns, asked for {k}, "
+            f"got {short} hits (the store holds {count()} rows); lower k (num_docs)"
+        )
     ids = [[str(h[0]) for h in hits[:k]] for hits in per_query]
     scores = np.array([[h[1] for h in hits[:k]] for hits in per_query], dtype=np.float32).reshape(len(ids), k)
     vectors = np.array([[h[2] for h in hits[:k]] for hits in per_query], dtype=np.float32)
     if vectors.shape != (len(ids), k, dim):
-        raise ValueError(f"the store {name!r} returned vectors of shape {vectors.shape[1:]} per query, expected "
-                         f"({k}, {dim}); it must return the stored vectors of its hits")
+        raise ValueError(
+            f"the store {name!r} returned vectors of shape {vectors.shape[1:]} per query, expected "
+            f"({k}, {dim}); it must return the stored vectors of its hits"
+        )
     texts = [[str(h[3] if h[3] is not None else "") for h in hits[:k]] for hits in per_query]
     metadata = [[dict(h[4] or {}) for h in hits[:k]] for hits in per_query]
     return StoreHits(ids, scores, vectors, texts, metadata)
 
 
-def rows_in_order(wanted: Sequence[str], found: dict[str, tuple[Sequence[float], str, dict]], dim: int,
-                  name: str) -> StoreRows:
+def rows_in_order(
+    wanted: Sequence[str], found: Mapping[str, tuple[Any, str | None, dict | None]], dim: int, name: str
+) -> StoreRows:
     """StoreRows in the order of `wanted` from {id: (vector, text, metadata)}; missing ids are an error."""
     missing = [i for i in wanted if i not in found]
     if missing:
         raise KeyError(f"ids: {len(missing)} of {len(wanted)} ids are not in the store {name!r}, e.g. {missing[:3]}")
     vectors = np.array([found[i][0] for i in wanted], dtype=np.float32).reshape(len(wanted), dim)
-    return StoreRows(list(wanted), vectors, [str(found[i][1] or "") for i in wanted],
-                     [dict(found[i][2] or {}) for i in wanted])
+    return StoreRows(
+        list(wanted), vectors, [str(found[i][1] or "") for i in wanted], [dict(found[i][2] or {}) for i in wanted]
+    )
 
 
-def split_metadata(record: dict, skip: Iterable[str], keep: Optional[Sequence[str]]) -> dict:
+def split_metadata(record: dict, skip: Iterable[str], keep: Sequence[str] | None) -> dict:
     """The record's metadata: `keep` keys only when given, else every key not in `skip`."""
     if keep is not None:
         return {k: record[k] for k in keep if k in record}

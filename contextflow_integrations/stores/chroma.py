@@ -16,9 +16,11 @@ Example:
     >>> import chromadb  # doctest: +SKIP
     >>> backend = ChromaBackend(chromadb.PersistentClient("/data/chroma").get_collection("docs"))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from contextflow_core.retrieval.store import StoreHits, StoreRows
 
@@ -49,15 +51,15 @@ class ChromaBackend:
         ValueError: Not a collection, an unknown space, or an empty collection without `dim`.
     """
 
-    def __init__(self, collection: Any, *, dim: Optional[int] = None,
-                 embedding_model_hint: Optional[str] = None) -> None:
+    def __init__(self, collection: Any, *, dim: int | None = None, embedding_model_hint: str | None = None) -> None:
         if not all(hasattr(collection, a) for a in ("query", "get", "count", "upsert")):
             raise ValueError(f"collection: expected a chromadb Collection, got {type(collection).__name__}")
         self.collection = collection
         self.space = collection_space(collection)
         if self.space not in SPACE_TO_SCORE:
-            raise ValueError(f"collection: unknown Chroma space {self.space!r}; expected one of "
-                             f"{sorted(SPACE_TO_SCORE)}")
+            raise ValueError(
+                f"collection: unknown Chroma space {self.space!r}; expected one of {sorted(SPACE_TO_SCORE)}"
+            )
         self.dim = check_positive(dim, "dim") if dim is not None else self._stored_dim()
         self.embedding_model_hint = embedding_model_hint
 
@@ -65,8 +67,10 @@ class ChromaBackend:
         got = self.collection.get(limit=1, include=["embeddings"])
         embeddings = got.get("embeddings")
         if embeddings is None or len(embeddings) == 0:
-            raise ValueError(f"dim: the Chroma collection {self.collection.name!r} is empty, so its dimension "
-                             "cannot be read; pass dim=...")
+            raise ValueError(
+                f"dim: the Chroma collection {self.collection.name!r} is empty, so its dimension "
+                "cannot be read; pass dim=..."
+            )
         return len(embeddings[0])
 
     @property
@@ -84,9 +88,17 @@ class ChromaBackend:
         queries = as_queries(query_vectors, self.dim, self.name)
         got = self.collection.query(query_embeddings=queries, n_results=k, include=[*_INCLUDE, "distances"])
         to_score = SPACE_TO_SCORE[self.space]
-        per_query = [list(zip(ids, [to_score(float(d)) for d in dists], vecs, docs, metas or [None] * len(ids)))
-                     for ids, dists, vecs, docs, metas in zip(got["ids"], got["distances"], got["embeddings"],
-                                                              got["documents"], got["metadatas"] or [None] * len(queries))]
+        per_query = [
+            list(zip(ids, [to_score(float(d)) for d in dists], vecs, docs, metas or [None] * len(ids), strict=True))
+            for ids, dists, vecs, docs, metas in zip(
+                got["ids"],
+                got["distances"],
+                got["embeddings"],
+                got["documents"],
+                got["metadatas"] or [None] * len(queries),
+                strict=True,
+            )
+        ]
         return hits_from_lists(per_query, k, self.dim, self.name, self.count)
 
     def count(self) -> int:
@@ -95,7 +107,10 @@ class ChromaBackend:
 
     def _found(self, got: dict) -> dict:
         metadatas = got.get("metadatas") or [None] * len(got["ids"])
-        return {str(i): (v, t, m) for i, v, t, m in zip(got["ids"], got["embeddings"], got["documents"], metadatas)}
+        return {
+            str(i): (v, t, m)
+            for i, v, t, m in zip(got["ids"], got["embeddings"], got["documents"], metadatas, strict=True)
+        }
 
     def get(self, ids: Sequence[str]) -> StoreRows:
         """The rows with these ids, in that order.
@@ -130,8 +145,12 @@ class ChromaBackend:
             present = self.collection.get(ids=rows.ids, include=[])["ids"]
             if present:
                 self.collection.delete(ids=list(present))
-            self.collection.add(ids=rows.ids, embeddings=rows.vectors, documents=rows.texts,
-                                metadatas=[m or None for m in rows.metadata])
+            self.collection.add(
+                ids=rows.ids,
+                embeddings=rows.vectors,
+                documents=rows.texts,
+                metadatas=[m or None for m in rows.metadata],
+            )
 
     def __repr__(self) -> str:
         return f"ChromaBackend({self.collection.name!r}, dim={self.dim}, space={self.space!r})"

@@ -16,17 +16,18 @@ vectors, so in-place training starts from the encoder that embedded the store
 The weights are **copied**: training the returned encoder never changes the
 object the store (and the user's application) embeds documents with.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 from contextflow_core.models.encoders import TextEncoder
 
 _CLIENT_ATTRS = ("client", "_client", "_model")  # LangChain (community, langchain-huggingface), LlamaIndex
 
 
-def _sentence_transformer(obj: Any) -> Optional[Any]:
+def _sentence_transformer(obj: Any) -> Any | None:
     """The SentenceTransformer inside `obj` (or `obj` itself), else None."""
     candidates = [obj] + [getattr(obj, a, None) for a in _CLIENT_ATTRS]
     return next((c for c in candidates if type(c).__name__ == "SentenceTransformer"), None)
@@ -42,8 +43,10 @@ def _from_sentence_transformer(st: Any, name: str, normalize: bool) -> TextEncod
     modules = [st[i] for i in range(len(st))]
     kinds = [type(m).__name__ for m in modules]
     if not kinds or kinds[0] != "Transformer" or not set(kinds[1:]) <= {"Pooling", "Normalize"}:
-        raise ValueError(f"embeddings: a SentenceTransformer made of {kinds} cannot become a ContextFlow encoder "
-                         "(supported: Transformer, Pooling, optional Normalize); pass encoder=TextEncoder(...)")
+        raise ValueError(
+            f"embeddings: a SentenceTransformer made of {kinds} cannot become a ContextFlow encoder "
+            "(supported: Transformer, Pooling, optional Normalize); pass encoder=TextEncoder(...)"
+        )
     transformer = modules[0]
     pooling = "mean"
     for module in modules[1:]:
@@ -51,15 +54,22 @@ def _from_sentence_transformer(st: Any, name: str, normalize: bool) -> TextEncod
             mode = getattr(module, "pooling_mode", None) or module.get_pooling_mode_str()
             pooling = {"mean": "mean", "cls": "cls"}.get(str(mode).replace("_tokens", ""), "")
             if not pooling:
-                raise ValueError(f"embeddings: pooling mode {mode!r} has no ContextFlow equivalent "
-                                 "(supported: mean, cls); pass encoder=TextEncoder(...)")
+                raise ValueError(
+                    f"embeddings: pooling mode {mode!r} has no ContextFlow equivalent "
+                    "(supported: mean, cls); pass encoder=TextEncoder(...)"
+                )
     body = getattr(transformer, "auto_model", None) or transformer.model
-    return TextEncoder(copy.deepcopy(body).eval(), transformer.tokenizer, pooling=pooling,
-                       normalize=normalize or "Normalize" in kinds,
-                       max_length=int(getattr(st, "max_seq_length", None) or 256), name=name)
+    return TextEncoder(
+        copy.deepcopy(body).eval(),
+        transformer.tokenizer,
+        pooling=pooling,
+        normalize=normalize or "Normalize" in kinds,
+        max_length=int(getattr(st, "max_seq_length", None) or 256),
+        name=name,
+    )
 
 
-def embedding_model_name(obj: Any) -> Optional[str]:
+def embedding_model_name(obj: Any) -> str | None:
     """The model name an embeddings object reports (``model_name``, ``model``, or its SentenceTransformer's)."""
     for attr in ("model_name", "model", "model_id", "name"):
         value = getattr(obj, attr, None)
@@ -98,9 +108,11 @@ def encoder_from_embeddings(embeddings: Any) -> TextEncoder:
         return load_encoder(embeddings)
     st = _sentence_transformer(embeddings)
     if st is None:
-        raise ValueError(f"embeddings: expected a sentence-transformers model, a HuggingFace embeddings object "
-                         f"(LangChain HuggingFaceEmbeddings, LlamaIndex HuggingFaceEmbedding) or a model name, "
-                         f"got {type(embeddings).__name__}; pass encoder=TextEncoder(...) built from the model "
-                         "that embedded the store")
+        raise ValueError(
+            f"embeddings: expected a sentence-transformers model, a HuggingFace embeddings object "
+            f"(LangChain HuggingFaceEmbeddings, LlamaIndex HuggingFaceEmbedding) or a model name, "
+            f"got {type(embeddings).__name__}; pass encoder=TextEncoder(...) built from the model "
+            "that embedded the store"
+        )
     name = embedding_model_name(embeddings) or type(embeddings).__name__
     return _from_sentence_transformer(st, name, _extra_normalize(embeddings))

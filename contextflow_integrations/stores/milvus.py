@@ -24,9 +24,11 @@ Example:
     >>> backend = MilvusBackend(MilvusClient("/tmp/docs.db"), "docs")  # doctest: +SKIP
     >>> backend.search(question_vectors, k=5).ids  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from contextflow_core.retrieval.store import StoreHits, StoreRows
 
@@ -65,18 +67,29 @@ class MilvusBackend:
         ValueError: The collection does not exist, a field is missing, or a bad metric.
     """
 
-    def __init__(self, client: Any, collection: str, *, id_field: str = "id", vector_field: str = "vector",
-                 text_field: str = "text", metadata_fields: Optional[Sequence[str]] = None,
-                 metric: Optional[str] = None, search_params: Optional[dict] = None,
-                 embedding_model_hint: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        collection: str,
+        *,
+        id_field: str = "id",
+        vector_field: str = "vector",
+        text_field: str = "text",
+        metadata_fields: Sequence[str] | None = None,
+        metric: str | None = None,
+        search_params: dict | None = None,
+        embedding_model_hint: str | None = None,
+    ) -> None:
         self.client = client
         self.collection = check_name(collection, "collection")
         self.id_field, self.vector_field = check_name(id_field, "id_field"), check_name(vector_field, "vector_field")
         self.text_field = check_name(text_field, "text_field")
         self.metadata_fields = None if metadata_fields is None else [str(f) for f in metadata_fields]
         if not client.has_collection(collection):
-            raise ValueError(f"collection: no collection or alias {collection!r} in this Milvus "
-                             f"(it has {client.list_collections()}); create it first or use MilvusBackend.create")
+            raise ValueError(
+                f"collection: no collection or alias {collection!r} in this Milvus "
+                f"(it has {client.list_collections()}); create it first or use MilvusBackend.create"
+            )
         self._describe()
         self.metric = self._metric(metric)
         self.search_params = dict(search_params or {})
@@ -89,16 +102,19 @@ class MilvusBackend:
         fields = {f["name"]: f for f in self._description["fields"]}
         for arg, field in (("id_field", self.id_field), ("vector_field", self.vector_field)):
             if field not in fields:
-                raise ValueError(f"{arg}: the collection {self.collection!r} has no field {field!r} "
-                                 f"(fields: {sorted(fields)})")
+                raise ValueError(
+                    f"{arg}: the collection {self.collection!r} has no field {field!r} (fields: {sorted(fields)})"
+                )
         if self.text_field not in fields and not self._description.get("enable_dynamic_field"):
-            raise ValueError(f"text_field: the collection {self.collection!r} has no field {self.text_field!r} "
-                             f"and no dynamic fields (fields: {sorted(fields)})")
+            raise ValueError(
+                f"text_field: the collection {self.collection!r} has no field {self.text_field!r} "
+                f"and no dynamic fields (fields: {sorted(fields)})"
+            )
         self.dim = int(fields[self.vector_field]["params"]["dim"])
         id_type = fields[self.id_field]["type"]
         self._int_ids = "INT" in str(getattr(id_type, "name", id_type)).upper()
 
-    def _metric(self, metric: Optional[str]) -> str:
+    def _metric(self, metric: str | None) -> str:
         if metric is None:
             for name in self.client.list_indexes(self.collection, field_name=self.vector_field):
                 metric = self.client.describe_index(self.collection, name).get("metric_type")
@@ -119,10 +135,13 @@ class MilvusBackend:
         return self.client.describe_collection(self.collection)["collection_name"] != self.collection
 
     # ------------------------------------------------------------------ reads
-    def _row(self, entity: dict) -> tuple[Any, str, dict]:
+    def _row(self, entity: dict) -> tuple[Any, str | None, dict]:
         skip = (self.id_field, self.vector_field, self.text_field)
-        return entity.get(self.vector_field), entity.get(self.text_field), split_metadata(
-            entity, skip, self.metadata_fields)
+        return (
+            entity.get(self.vector_field),
+            entity.get(self.text_field),
+            split_metadata(entity, skip, self.metadata_fields),
+        )
 
     def search(self, query_vectors: Any, k: int) -> StoreHits:
         """Top-k rows per query, best first, with their stored vectors, texts and metadata.
@@ -137,11 +156,22 @@ class MilvusBackend:
         k = check_positive(k, "k")
         queries = as_queries(query_vectors, self.dim, self.name)
         params = {"metric_type": self.metric, "params": dict(self.search_params)}
-        results = self.client.search(self.collection, data=queries.tolist(), limit=k, output_fields=["*"],
-                                     search_params=params, anns_field=self.vector_field)
+        results = self.client.search(
+            self.collection,
+            data=queries.tolist(),
+            limit=k,
+            output_fields=["*"],
+            search_params=params,
+            anns_field=self.vector_field,
+        )
         to_score = HIGHER_IS_BETTER[self.metric]
-        per_query = [[(hit.get(self.id_field, hit.get("id")), to_score(hit["distance"]), *self._row(hit["entity"])) for hit in hits]
-                     for hits in results]
+        per_query = [
+            [
+                (hit.get(self.id_field, hit.get("id")), to_score(hit["distance"]), *self._row(hit["entity"]))
+                for hit in hits
+            ]
+            for hits in results
+        ]
         return hits_from_lists(per_query, k, self.dim, self.name, self.count)
 
     def count(self) -> int:
@@ -163,7 +193,9 @@ class MilvusBackend:
             KeyError: Some ids are not in the collection (the message lists a few).
         """
         wanted = check_ids(ids)
-        found = self.client.get(self.collection, ids=[self._key(i) for i in wanted], output_fields=["*"]) if wanted else []
+        found = (
+            self.client.get(self.collection, ids=[self._key(i) for i in wanted], output_fields=["*"]) if wanted else []
+        )
         by_id = {str(e[self.id_field]): self._row(e) for e in found}
         return rows_in_order(wanted, by_id, self.dim, self.name)
 
@@ -177,7 +209,9 @@ class MilvusBackend:
                 if not batch:
                     return
                 ids = [str(e[self.id_field]) for e in batch]
-                yield rows_in_order(ids, {i: self._row(e) for i, e in zip(ids, batch)}, self.dim, self.name)
+                yield rows_in_order(
+                    ids, {i: self._row(e) for i, e in zip(ids, batch, strict=True)}, self.dim, self.name
+                )
         finally:
             iterator.close()
 
@@ -192,14 +226,16 @@ class MilvusBackend:
         if not rows.ids:
             return
         keys = [self._key(i) for i in rows.ids]
-        data = [{**meta, self.id_field: key, self.vector_field: vector.tolist(), self.text_field: text}
-                for key, vector, text, meta in zip(keys, rows.vectors, rows.texts, rows.metadata)]
+        data = [
+            {**meta, self.id_field: key, self.vector_field: vector.tolist(), self.text_field: text}
+            for key, vector, text, meta in zip(keys, rows.vectors, rows.texts, rows.metadata, strict=True)
+        ]
         present = [e[self.id_field] for e in self.client.get(self.collection, ids=keys, output_fields=[self.id_field])]
         if present:
             self.client.delete(self.collection, ids=present)
         self.client.insert(self.collection, data)
 
-    def staging(self, suffix: Optional[str] = None) -> "MilvusBackend":
+    def staging(self, suffix: str | None = None) -> MilvusBackend:
         """A backend over a new, empty collection with this one's schema and index (for `promote`).
 
         Args:
@@ -209,39 +245,70 @@ class MilvusBackend:
             ValueError: This backend is not opened on an alias (nothing could be switched atomically).
         """
         if not self.is_alias:
-            raise ValueError(f"collection: {self.collection!r} is a collection, not an alias, so a new version "
-                             "cannot replace it atomically; create an alias (client.create_alias(collection, "
-                             "'docs')) and open MilvusBackend(client, 'docs'), or refresh by upsert")
+            raise ValueError(
+                f"collection: {self.collection!r} is a collection, not an alias, so a new version "
+                "cannot replace it atomically; create an alias (client.create_alias(collection, "
+                "'docs')) and open MilvusBackend(client, 'docs'), or refresh by upsert"
+            )
         target = self.client.describe_collection(self.collection)["collection_name"]
         base = target.split("__cf")[0]
         existing = set(self.client.list_collections())
-        name = f"{base}{suffix}" if suffix else next(f"{base}__cf{n}" for n in range(1, 10**6)
-                                                       if f"{base}__cf{n}" not in existing)
+        name = (
+            f"{base}{suffix}"
+            if suffix
+            else next(f"{base}__cf{n}" for n in range(1, 10**6) if f"{base}__cf{n}" not in existing)
+        )
         schema = self.client.describe_collection(target)
         index_params = self.client.prepare_index_params()
         for index_name in self.client.list_indexes(target):
             info = self.client.describe_index(target, index_name)
-            extra = {k: v for k, v in info.items() if k not in ("index_type", "metric_type", "field_name",
-                                                                   "index_name", "total_rows", "indexed_rows",
-                                                                   "pending_index_rows", "state")}
-            index_params.add_index(info["field_name"], index_type=info.get("index_type", "FLAT"),
-                                   metric_type=info.get("metric_type"), params=extra)
-        self.client.create_collection(name, schema=self._schema(schema), index_params=index_params,
-                                      properties=schema.get("properties") or {})
-        return MilvusBackend(self.client, name, id_field=self.id_field, vector_field=self.vector_field,
-                             text_field=self.text_field, metadata_fields=self.metadata_fields, metric=self.metric,
-                             search_params=self.search_params, embedding_model_hint=self.embedding_model_hint)
+            extra = {
+                k: v
+                for k, v in info.items()
+                if k
+                not in (
+                    "index_type",
+                    "metric_type",
+                    "field_name",
+                    "index_name",
+                    "total_rows",
+                    "indexed_rows",
+                    "pending_index_rows",
+                    "state",
+                )
+            }
+            index_params.add_index(
+                info["field_name"],
+                index_type=info.get("index_type", "FLAT"),
+                metric_type=info.get("metric_type"),
+                params=extra,
+            )
+        self.client.create_collection(
+            name, schema=self._schema(schema), index_params=index_params, properties=schema.get("properties") or {}
+        )
+        return MilvusBackend(
+            self.client,
+            name,
+            id_field=self.id_field,
+            vector_field=self.vector_field,
+            text_field=self.text_field,
+            metadata_fields=self.metadata_fields,
+            metric=self.metric,
+            search_params=self.search_params,
+            embedding_model_hint=self.embedding_model_hint,
+        )
 
     def _schema(self, description: dict) -> Any:
         from pymilvus import MilvusClient
 
-        schema = MilvusClient.create_schema(auto_id=bool(description.get("auto_id")),
-                                            enable_dynamic_field=bool(description.get("enable_dynamic_field")))
+        schema = MilvusClient.create_schema(
+            auto_id=bool(description.get("auto_id")), enable_dynamic_field=bool(description.get("enable_dynamic_field"))
+        )
         for f in description["fields"]:
             schema.add_field(f["name"], f["type"], is_primary=bool(f.get("is_primary")), **(f.get("params") or {}))
         return schema
 
-    def promote(self, staging: "MilvusBackend") -> None:
+    def promote(self, staging: MilvusBackend) -> None:
         """Point this backend's alias at `staging`'s collection, atomically (`alter_alias`)."""
         if not isinstance(staging, MilvusBackend) or staging.client is not self.client:
             raise ValueError(f"staging: expected a MilvusBackend from {self.name}.staging(), got {staging!r}")
@@ -252,9 +319,20 @@ class MilvusBackend:
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, client: Any, collection: str, dim: int, *, metric: str = "IP", id_field: str = "id",
-               vector_field: str = "vector", text_field: str = "text", max_id_length: int = 512,
-               embedding_model: Optional[str] = None, alias: Optional[str] = None) -> "MilvusBackend":
+    def create(
+        cls,
+        client: Any,
+        collection: str,
+        dim: int,
+        *,
+        metric: str = "IP",
+        id_field: str = "id",
+        vector_field: str = "vector",
+        text_field: str = "text",
+        max_id_length: int = 512,
+        embedding_model: str | None = None,
+        alias: str | None = None,
+    ) -> MilvusBackend:
         """Create an empty collection (string ids, FLAT index, dynamic metadata fields) and open it.
 
         Args:
@@ -273,8 +351,10 @@ class MilvusBackend:
         if str(metric).upper() not in METRICS:
             raise ValueError(f"metric: expected one of {list(METRICS)}, got {metric!r}")
         if client.has_collection(collection):
-            raise ValueError(f"collection: {collection!r} already exists; open it with MilvusBackend(client, "
-                             f"{collection!r}) or choose a new name")
+            raise ValueError(
+                f"collection: {collection!r} already exists; open it with MilvusBackend(client, "
+                f"{collection!r}) or choose a new name"
+            )
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
         schema.add_field(id_field, DataType.VARCHAR, is_primary=True, max_length=max_id_length)
         schema.add_field(vector_field, DataType.FLOAT_VECTOR, dim=int(dim))

@@ -18,9 +18,11 @@ Example:
     >>> from qdrant_client import QdrantClient  # doctest: +SKIP
     >>> backend = QdrantBackend(QdrantClient(path="/data/qdrant"), "docs")  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from contextflow_core.retrieval.store import StoreHits, StoreRows
 
@@ -65,8 +67,16 @@ class QdrantBackend:
         ValueError: No such collection, or an unknown / ambiguous vector name.
     """
 
-    def __init__(self, client: Any, collection: str, *, text_key: str = "text", metadata_key: Optional[str] = None,
-                 vector_name: Optional[str] = None, embedding_model_hint: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        collection: str,
+        *,
+        text_key: str = "text",
+        metadata_key: str | None = None,
+        vector_name: str | None = None,
+        embedding_model_hint: str | None = None,
+    ) -> None:
         self.client = client
         self.collection = check_name(collection, "collection")
         self.text_key = check_name(text_key, "text_key")
@@ -79,18 +89,21 @@ class QdrantBackend:
         self.distance = str(getattr(params.distance, "name", params.distance)).upper()
         self.embedding_model_hint = embedding_model_hint
 
-    def _vector_params(self, vector_name: Optional[str]) -> tuple[Optional[str], Any]:
+    def _vector_params(self, vector_name: str | None) -> tuple[str | None, Any]:
         vectors = self.client.get_collection(self.collection).config.params.vectors
         if not isinstance(vectors, dict):
             if vector_name is not None:
-                raise ValueError(f"vector_name: the collection {self.collection!r} has one unnamed vector, "
-                                 f"got {vector_name!r}; pass vector_name=None")
+                raise ValueError(
+                    f"vector_name: the collection {self.collection!r} has one unnamed vector, "
+                    f"got {vector_name!r}; pass vector_name=None"
+                )
             return None, vectors
         if vector_name is None and len(vectors) == 1:
             vector_name = next(iter(vectors))
         if vector_name not in vectors:
-            raise ValueError(f"vector_name: expected one of the collection's named vectors {sorted(vectors)}, "
-                             f"got {vector_name!r}")
+            raise ValueError(
+                f"vector_name: expected one of the collection's named vectors {sorted(vectors)}, got {vector_name!r}"
+            )
         return vector_name, vectors[vector_name]
 
     @property
@@ -98,7 +111,7 @@ class QdrantBackend:
         """``"qdrant:<collection>"``, recorded in saved models and errors."""
         return f"qdrant:{self.collection}"
 
-    def _row(self, point: Any) -> tuple[Any, str, dict]:
+    def _row(self, point: Any) -> tuple[Any, str | None, dict]:
         vector = point.vector[self.vector_name] if isinstance(point.vector, dict) else point.vector
         payload = dict(point.payload or {})
         if self.metadata_key is not None:
@@ -118,8 +131,12 @@ class QdrantBackend:
         k = check_positive(k, "k")
         queries = as_queries(query_vectors, self.dim, self.name)
         with_vector: Any = [self.vector_name] if self.vector_name else True
-        requests = [models.QueryRequest(query=q.tolist(), limit=k, with_vector=with_vector, with_payload=True,
-                                        using=self.vector_name) for q in queries]
+        requests = [
+            models.QueryRequest(
+                query=q.tolist(), limit=k, with_vector=with_vector, with_payload=True, using=self.vector_name
+            )
+            for q in queries
+        ]
         responses = self.client.query_batch_points(self.collection, requests=requests)
         to_score = HIGHER_IS_BETTER[self.distance]
         per_query = [[(str(p.id), to_score(p.score), *self._row(p)) for p in r.points] for r in responses]
@@ -147,11 +164,14 @@ class QdrantBackend:
         with_vector: Any = [self.vector_name] if self.vector_name else True
         offset = None
         while True:
-            points, offset = self.client.scroll(self.collection, limit=batch_size, offset=offset,
-                                                with_payload=True, with_vectors=with_vector)
+            points, offset = self.client.scroll(
+                self.collection, limit=batch_size, offset=offset, with_payload=True, with_vectors=with_vector
+            )
             if points:
                 ids = [str(p.id) for p in points]
-                yield rows_in_order(ids, {i: self._row(p) for i, p in zip(ids, points)}, self.dim, self.name)
+                yield rows_in_order(
+                    ids, {i: self._row(p) for i, p in zip(ids, points, strict=True)}, self.dim, self.name
+                )
             if offset is None:
                 return
 
@@ -161,9 +181,10 @@ class QdrantBackend:
 
         rows = check_rows(rows, self.dim, self.name)
         points = []
-        for doc_id, vector, text, meta in zip(rows.ids, rows.vectors, rows.texts, rows.metadata):
-            payload = {self.text_key: text, self.metadata_key: meta} if self.metadata_key else {**meta,
-                                                                                                self.text_key: text}
+        for doc_id, vector, text, meta in zip(rows.ids, rows.vectors, rows.texts, rows.metadata, strict=True):
+            payload = (
+                {self.text_key: text, self.metadata_key: meta} if self.metadata_key else {**meta, self.text_key: text}
+            )
             stored: Any = {self.vector_name: vector.tolist()} if self.vector_name else vector.tolist()
             points.append(models.PointStruct(id=point_id(doc_id), vector=stored, payload=payload))
         if points:
