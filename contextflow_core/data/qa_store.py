@@ -228,12 +228,13 @@ def generate_store_training_qa(
     title_key: str = "title",
     read_rows: Callable[[int], Iterator[Any]] | None = None,
     arg: str = "store",
+    progress: bool = True,
 ) -> GeneratedQA:
     """`generate_training_qa` over a bounded sample of a store's rows (see the module docstring).
 
     Args:
         backend: A `VectorStoreBackend` with ``iter_rows``.
-        writer, val_fraction, has_val_pairs, seed: As in `generate_training_qa`.
+        writer, val_fraction, has_val_pairs, seed, progress: As in `generate_training_qa`.
         qa_options: `generate_qa` keyword arguments; ``"sample"`` is the number of rows drawn
             (absent: at most `DEFAULT_STORE_SAMPLE`, with a warning when the store has more;
             None: every row), ``"seed"`` also seeds the row sample.
@@ -267,7 +268,13 @@ def generate_store_training_qa(
         )
     options["sample"] = sample
     qa = generate_training_qa(
-        pool, writer, qa_options=options, val_fraction=val_fraction, has_val_pairs=has_val_pairs, seed=seed
+        pool,
+        writer,
+        qa_options=options,
+        val_fraction=val_fraction,
+        has_val_pairs=has_val_pairs,
+        seed=seed,
+        progress=progress,
     )
     qa.all.report.passages = seen
     return qa

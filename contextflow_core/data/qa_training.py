@@ -44,6 +44,10 @@ class GeneratedQA:
     train: QAGenerationResult
     val: QAGenerationResult | None
 
+    def training_examples(self, val_examples: list | None) -> tuple[list, list | None]:
+        """(train examples, validation examples): the held-out pairs, else the caller's own `val_examples`."""
+        return self.train.examples, (self.val.examples if self.val is not None else val_examples)
+
 
 def check_generation_arguments(
     qa_pairs: Any, question_llm: Any, qa_options: Any, val_fraction: Any, has_val_pairs: bool
@@ -56,7 +60,7 @@ def check_generation_arguments(
     """
     if qa_pairs is None:
         _fraction(val_fraction, has_val_pairs)
-        _options(qa_options, 0)
+        _options(qa_options, 0, True)
         return
     for name, value in (("question_llm", question_llm), ("qa_options", qa_options), ("val_fraction", val_fraction)):
         if value is not None:
@@ -66,9 +70,9 @@ def check_generation_arguments(
             )
 
 
-def _options(qa_options: Any, seed: int) -> dict[str, Any]:
+def _options(qa_options: Any, seed: int, progress: bool) -> dict[str, Any]:
     if qa_options is None:
-        return {"seed": seed}
+        return {"seed": seed, "progress": progress}
     if not isinstance(qa_options, dict):
         raise ValueError(
             f"qa_options: expected a dict of generate_qa keyword arguments, got {type(qa_options).__name__}"
@@ -78,7 +82,7 @@ def _options(qa_options: Any, seed: int) -> dict[str, Any]:
     if unknown:
         hint = " (the writer is chosen by question_llm=)" if "writer" in unknown else ""
         raise ValueError(f"qa_options: unknown key(s) {unknown}{hint}; expected some of {accepted}")
-    return {"seed": seed, **qa_options}
+    return {"seed": seed, "progress": progress, **qa_options}
 
 
 def _fraction(val_fraction: Any, has_val_pairs: bool) -> float:
@@ -97,7 +101,14 @@ def _fraction(val_fraction: Any, has_val_pairs: bool) -> float:
 
 
 def generate_training_qa(
-    passages: Any, writer: Any, *, qa_options: dict | None, val_fraction: float | None, has_val_pairs: bool, seed: int
+    passages: Any,
+    writer: Any,
+    *,
+    qa_options: dict | None,
+    val_fraction: float | None,
+    has_val_pairs: bool,
+    seed: int,
+    progress: bool = True,
 ) -> GeneratedQA:
     """Generate QA pairs from `passages` and hold out a validation split by source passage.
 
@@ -109,6 +120,7 @@ def generate_training_qa(
             hold-out when the caller has `val_pairs`; 0: no hold-out).
         has_val_pairs: The caller validates on its own pairs.
         seed: Default generation seed, also the split's seed.
+        progress: Default of ``qa_options["progress"]`` (the helpers pass `TrainConfig.progress`).
 
     Returns:
         A `GeneratedQA`.
@@ -119,7 +131,7 @@ def generate_training_qa(
         QAWriterError: The writer failed on every prompt.
     """
     fraction = _fraction(val_fraction, has_val_pairs)
-    options = _options(qa_options, seed)
+    options = _options(qa_options, seed, progress)
     result = generate_qa(passages, writer, **options)
     if not result.examples:
         raise ValueError(

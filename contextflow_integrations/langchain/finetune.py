@@ -283,6 +283,7 @@ def finetune_from_vectorstore(
                 val_fraction=val_fraction,
                 has_val_pairs=val is not None,
                 seed=config.seed,
+                progress=config.progress,
                 title_key=title_key or "title",
                 arg="vectorstore",
             )
@@ -331,8 +332,9 @@ def finetune_from_vectorstore(
             val_fraction=val_fraction,
             has_val_pairs=val_pairs is not None,
             seed=config.seed,
+            progress=config.progress,
         )
-        examples, val_pairs = qa.train.examples, (qa.val.examples if qa.val is not None else val_pairs)
+        examples, val_pairs = qa.training_examples(val_pairs)
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)
     val_loader = make_dataloader(val_pairs, batch_size=batch_size, shuffle=False) if val_pairs is not None else None
     history = train_rag(rag, train, val_loader, config=config)

@@ -368,6 +368,7 @@ def finetune_from_index(
                 val_fraction=val_fraction,
                 has_val_pairs=val_examples is not None,
                 seed=config.seed,
+                progress=config.progress,
                 arg="index_or_vector_store",
             )
         )
@@ -409,8 +410,9 @@ def finetune_from_index(
             val_fraction=val_fraction,
             has_val_pairs=val_pairs is not None,
             seed=config.seed,
+            progress=config.progress,
         )
-        examples, val_examples = qa.train.examples, (qa.val.examples if qa.val is not None else val_examples)
+        examples, val_examples = qa.training_examples(val_examples)
     _warn_unknown_gold(examples + (val_examples or []), rag.index)
     before = _retrieval_metrics(rag, examples)
     train = make_dataloader(examples, batch_size=batch_size, shuffle=True, seed=config.seed)

@@ -382,3 +382,15 @@ def test_finetune_from_index_in_place_without_qa_pairs_writes_from_the_plain_nod
     assert result.retrieval_before["num_questions"] == 8 and result.retrieval_after is not None
     assert result.qa_report.passages == 10 and result.history.global_step == 2
     assert index.vector_store.data.embedding_dict == stored
+
+
+def test_question_writing_follows_the_train_configs_progress_setting_unless_qa_options_say(store, capsys):
+    finetune_from_vectorstore(store, question_llm="cloze", val_fraction=0, model=build_rag(num_docs=2),
+                              train_config=_config(progress=False))
+    assert "writing questions" not in capsys.readouterr().err
+    finetune_from_index(_index(), question_llm="cloze", val_fraction=0, train_config=_config(progress=False),
+                        **_parts())
+    assert "writing questions" not in capsys.readouterr().err
+    finetune_from_vectorstore(store, question_llm="cloze", val_fraction=0, qa_options={"progress": True},
+                              model=build_rag(num_docs=2), train_config=_config(progress=False))
+    assert "writing questions" in capsys.readouterr().err
