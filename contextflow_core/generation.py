@@ -19,10 +19,12 @@ retrieval, prompt builder and generator; the marginalisation maths is in
 Scores mean the same in every mode: log p(y|f(x,z)) is always the teacher-forced
 log-likelihood of the returned text followed by EOS, exactly what `model(questions,
 answers)` computes (`scoring.py`, honouring `RagConfig.scoring` and `length_normalize`).
-Generation only proposes the text: the log-probs `generate` reports are not used,
-so an answer cut by `max_new_tokens` still carries its EOS term, and sampling
-settings (temperature, top-p/top-k, repetition penalty, no_repeat_ngram_size, ...)
-change which text is sampled, never its score.
+Generation only proposes the text: its processed scores are not used, so an answer
+cut by `max_new_tokens` still carries its EOS term, and sampling settings
+(temperature, top-p/top-k, repetition penalty, no_repeat_ngram_size, ...) change
+which text is sampled, never its score. (When the returned text re-encodes to exactly
+the tokens generated, EOS included, the model's raw logits from generation are those
+teacher-forcing log-probs and no scoring pass runs: `kv_cache.py`.)
 
 Empty candidates: a continuation with no text left after its first EOS is cut,
 special tokens are skipped and whitespace is stripped (e.g. the generator emits
@@ -43,7 +45,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .kv_cache import PromptCache, kv_reuse_fallback, score_with_cache
+from .kv_cache import PromptCache, kv_reuse_fallback, score_with_cache, wants_generated_logits
 from .loss import posterior_doc_probs, rag_token_nll
 from .types import Passage, RagAnswer
 from .validation import RAG_RESERVED, as_int, check_generate_kwargs
@@ -72,7 +74,9 @@ def _run_generate(model, encoded, max_new_tokens: int, cache: PromptCache | None
 
     Only the text is kept: every mode scores the returned text by teacher forcing
     (`_score_encoded`), so sampling settings choose which text is generated, not its score.
-    With `cache`, the prompts' KV from this call is kept there for that scoring.
+    With `cache`, the prompts' KV from this call is kept there for that scoring, and (no beams,
+    within budget) the raw logits of the generated tokens, so answers `generate` produced
+    exactly need no scoring pass (`kv_cache`).
     """
     batch = model.prompts.collate(encoded)
     device = next(model.generator.parameters()).device
@@ -82,6 +86,7 @@ def _run_generate(model, encoded, max_new_tokens: int, cache: PromptCache | None
     kwargs.setdefault("do_sample", False)
     if cache is not None:
         kwargs["return_dict_in_generate"] = True
+        kwargs["output_logits"] = wants_generated_logits(model.generator, len(encoded), max_new_tokens, kwargs)
     out = model.generator.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
     if cache is not None:

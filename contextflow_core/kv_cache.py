@@ -12,6 +12,15 @@ with explicit attention mask and position ids. The logits at those T positions
 predict the answer and its EOS, exactly the positions `scoring.py` keeps, so the
 scores equal the uncached path's (`score_sequences`) up to float rounding.
 
+Generated answers need no pass at all: with greedy or sampled decoding (no beams),
+`generate` is also asked for its raw logits (`output_logits`), and each generated row's
+token log-probs are kept. A pair whose answer ids (with the EOS scoring appends) are
+exactly what `generate` produced for its prompt is scored from those, the same
+log-softmax at the same positions (KV cached during generation instead of in one pass);
+every other pair (another passage's candidate in "thorough", a text cut by
+`max_new_tokens`, a re-tokenisation that differs) runs on the cache as above. The
+logits are only asked for when they fit `GENERATED_LOGITS_BUDGET` bytes.
+
 Exact or not taken: a pair is scored on the cache only when its prompt ids (with the
 answer's length budget applied) are the generated prompt's ids, the cache is a plain
 full-attention `DynamicCache` and no prompt-learning adapter adds virtual tokens.
@@ -42,7 +51,10 @@ from .loss import (
 from .prompts import EncodedPrompt
 from .scoring import _base_model, _lean_head, score_sequences
 
-__all__ = ["PromptCache", "kv_reuse_fallback", "score_with_cache", "uncached"]
+__all__ = ["GENERATED_LOGITS_BUDGET", "PromptCache", "kv_reuse_fallback", "score_with_cache", "uncached"]
+
+#: Most bytes of raw logits (rows x new tokens x vocabulary) a `generate` call may return for scoring.
+GENERATED_LOGITS_BUDGET = 256 * 2**20
 
 _ENABLED: ContextVar[bool] = ContextVar("contextflow_kv_reuse", default=True)
 _USER_CACHE_KWARGS = (
@@ -95,6 +107,27 @@ def kv_reuse_fallback(generator, generate_kwargs: dict | None = None) -> str | N
     return None
 
 
+def wants_generated_logits(generator, rows: int, max_new_tokens: int, generate_kwargs: dict) -> bool:
+    """Whether a `generate` call of `rows` prompts should return its raw logits for scoring (no beams, in budget)."""
+    beams = generate_kwargs.get("num_beams") or getattr(getattr(generator, "generation_config", None), "num_beams", 1)
+    if (beams or 1) > 1:
+        return False  # beam rows are reordered at every step: their logits do not follow the returned sequences
+    vocab = getattr(getattr(generator, "config", None), "vocab_size", None)
+    if not vocab and hasattr(generator, "get_output_embeddings"):
+        vocab = generator.get_output_embeddings().weight.shape[0]
+    size = rows * generate_kwargs.get("num_return_sequences", 1) * max_new_tokens * (vocab or 0) * 4  # float32
+    return 0 < size <= GENERATED_LOGITS_BUDGET
+
+
+def _generated_log_probs(output, new: torch.Tensor) -> torch.Tensor | None:
+    """(rows, steps) log p of each generated token from `generate`'s raw logits; None without them."""
+    logits = getattr(output, "logits", None)
+    if not logits or new.shape[1] == 0:
+        return None
+    steps = min(len(logits), new.shape[1])
+    return torch.cat([token_log_probs(logits[t].unsqueeze(1), new[:, t : t + 1]) for t in range(steps)], -1).cpu()
+
+
 def _forward_params(generator) -> frozenset:
     return frozenset(inspect.signature(_base_model(generator).forward).parameters)
 
@@ -142,6 +175,7 @@ class PromptCache:
         self.prompts = list(prompts)
         self._chunks: list[_Chunk] = []
         self._where: list[tuple[int, int]] = []  # prompt index -> (chunk, row)
+        self._generated: dict[int, list[tuple[list[int], torch.Tensor]]] = {}  # prompt -> [(ids, token log-probs)]
         self.reason: str | None = None  # why the cache is unusable (None: usable)
 
     @property
@@ -171,8 +205,23 @@ class PromptCache:
         every = rows // n  # beams / returned sequences: the prompt part of a prompt's rows is the same
         layers = [(k[::every, :, : L - 1], v[::every, :, : L - 1]) for k, v in layers]
         chunk = _Chunk(layers, mask[:, : L - 1], ids[:, -1], mask.sum(-1) - 1)
+        sequences = getattr(output, "sequences", None)
+        if sequences is not None:
+            new = sequences[:, L:]
+            token_lp = _generated_log_probs(output, new)
+            if token_lp is not None and token_lp.shape[0] == rows:
+                for r, (row_ids, row_lp) in enumerate(zip(new[:, : token_lp.shape[1]].tolist(), token_lp, strict=True)):
+                    self._generated.setdefault(len(self._where) + r // every, []).append((row_ids, row_lp))
         self._where += [(len(self._chunks), r) for r in range(n)]
         self._chunks.append(chunk)
+
+    def generated(self, index: int, answer: Sequence[int]) -> torch.Tensor | None:
+        """(T,) token log-probs of `answer` (ids + EOS) when `generate` produced exactly it for prompt `index`."""
+        T = len(answer)
+        for row_ids, row_lp in self._generated.get(index, ()):
+            if len(row_ids) >= T and row_ids[:T] == list(answer):
+                return row_lp[:T]
+        return None
 
     def chunk_of(self, index: int) -> int:
         """The `generate` batch prompt `index` was generated in."""
@@ -315,6 +364,14 @@ def score_with_cache(
         i for i in range(len(encoded)) if cache is not None and cache.usable and cache.matches(indices[i], encoded[i])
     ]
     fresh = sorted(set(range(len(encoded))) - set(on_cache))
+    if cache is not None and on_cache:  # answers `generate` produced: scored from its own logits, no pass
+        done = []
+        for i in on_cache:
+            token_lp = cache.generated(indices[i], encoded[i].input_ids[encoded[i].prompt_length :])
+            if token_lp is not None:
+                out[i] = token_lp.sum() / (len(token_lp) if length_normalize else 1)  # as `sequence_log_probs`
+                done.append(i)
+        on_cache = [i for i in on_cache if i not in set(done)]
     if fresh:
         out[fresh] = (
             score_sequences(

@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from tiny import EOS, tiny_encoder, tiny_generator, tiny_tokenizer
+from tiny import EOS, OFFSET, VOCAB_SIZE, tiny_encoder, tiny_generator, tiny_tokenizer
 
 from contextflow_core.config import PromptConfig, RagConfig
 from contextflow_core.kv_cache import kv_reuse_fallback, uncached
@@ -31,6 +31,8 @@ PASSAGES = [  # lengths differ a lot, so the per-passage prompts are left-padded
     "Quenia exports blue salt and herons.",
 ]
 TOL = 2e-5
+# Every token but the lowercase letters and EOS: the texts then re-encode to exactly the generated ids.
+NOT_LETTERS = [i for i in range(VOCAB_SIZE) if i != EOS and not OFFSET + ord("a") <= i <= OFFSET + ord("z")]
 
 
 def build(generator=None, **config) -> RAGSequence:
@@ -102,6 +104,9 @@ SETTINGS = {
     "sampling, 2 returned": dict(max_new_tokens=4, do_sample=True, top_k=20, num_return_sequences=2),
     "cut at 2 tokens": dict(max_new_tokens=2),
     "forced EOS": dict(max_new_tokens=4, forced_eos_token_id=EOS),
+    "letters ending in EOS": dict(max_new_tokens=4, suppress_tokens=NOT_LETTERS, forced_eos_token_id=EOS),
+    "sampled letters, 2 returned": dict(max_new_tokens=4, suppress_tokens=NOT_LETTERS, forced_eos_token_id=EOS,
+                                        do_sample=True, num_return_sequences=2),
 }
 
 
@@ -137,6 +142,75 @@ def test_cached_scores_are_the_models_own_log_likelihoods(decoding):
             weights = dict((p.id, w) for p, w in a.sources)
             post = torch.softmax(d + s, 0)
             assert [weights[p.id] for p in row] == pytest.approx(post.tolist(), abs=TOL)
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 2])
+def test_answers_generated_with_their_eos_are_scored_from_generations_logits_without_a_pass(micro_batch_size):
+    # Each text re-encodes to the ids generated (letters, then EOS): its score is generation's own raw
+    # log-probs, so "fast" runs no scoring pass: the only multi-token forwards are the prefills.
+    rag = build(micro_batch_size=micro_batch_size)
+    kwargs = SETTINGS["letters ending in EOS"]
+    cached, plain, _, _ = both(rag, "fast", **kwargs)
+    assert_same(cached, plain)
+    generate, prefills = rag.generator.generate, []
+    rag.generator.generate = lambda **kw: prefills.append(kw["input_ids"].shape[1]) or generate(**kw)
+    try:
+        with Lengths(rag.generator) as calls:
+            rag.generate(questions=QS, decoding="fast", **kwargs)
+    finally:
+        del rag.generator.generate
+    assert len(prefills) == (1 if micro_batch_size is None else 5)  # 9 prompts
+    assert [n for n in calls.seen if n > 1] == prefills, calls.seen
+
+
+def test_generation_logits_over_budget_are_not_kept_and_a_scoring_pass_runs(monkeypatch):
+    import contextflow_core.kv_cache as kv
+
+    rag = build()
+    kwargs = SETTINGS["letters ending in EOS"]
+    within = rag.generate(questions=QS, decoding="fast", **kwargs)
+    monkeypatch.setattr(kv, "GENERATED_LOGITS_BUDGET", 1024)  # less than 9 prompts x 4 tokens x the vocabulary
+    with Lengths(rag.generator) as calls:
+        over = rag.generate(questions=QS, decoding="fast", **kwargs)
+    assert_same(over, within)
+    assert sum(1 for n in calls.seen if n > 1) == 2  # the prefill, then the scoring pass on the cache
+
+
+def per_passage_texts(rag, **kwargs) -> list[list[str]]:
+    """What plain HF `generate` returns for each question's K per-passage prompts (stripped texts)."""
+    _, retrieved = rag.retrieve(QS, rag.config.num_docs)
+    batch = rag.prompts.collate(rag.prompts.encode_batch(QS, retrieved.passages))
+    out = rag.generator.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 pad_token_id=rag.generator_tokenizer.pad_token_id, do_sample=False, **kwargs)
+    texts = rag.generator_tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    K = rag.config.num_docs
+    return [[t.strip() for t in texts[b * K:(b + 1) * K]] for b in range(len(QS))]
+
+
+@pytest.mark.parametrize("num_docs", [3, 5])
+def test_thorough_rescores_only_the_pairs_generation_did_not_produce(num_docs):
+    # Every candidate under every passage, less the (candidate, passage that generated it) pairs.
+    generator = tiny_generator().double()
+    with torch.no_grad():  # weights x8: a generator whose answer depends on the passage
+        for name, p in generator.named_parameters():
+            if "norm" not in name:
+                p.mul_(8)
+    rag = build(generator=generator, num_docs=num_docs)
+    kwargs = SETTINGS["letters ending in EOS"]
+    texts = per_passage_texts(rag, **kwargs)
+    expected = sum(len({t for t in row if t}) * num_docs - sum(1 for t in row if t) for row in texts)
+    rows: list[int] = []
+    handle = rag.generator.get_decoder().register_forward_pre_hook(
+        lambda m, a, kw: rows.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    try:
+        rag.generate(questions=QS, decoding="thorough", **kwargs)
+    finally:
+        handle.remove()
+    assert 0 < expected < len(QS) * num_docs * num_docs  # some pairs were generated, some were not
+    assert sum(rows[1:]) == expected  # after the one prefill: the scoring pass's rows
+    cached, plain, _, _ = both(rag, "thorough", **kwargs)
+    assert_same(cached, plain)
 
 
 @pytest.mark.parametrize("scoring", ["hidden", "full"])
