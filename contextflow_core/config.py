@@ -128,6 +128,11 @@ class RagConfig:
         train_context_encoder: Embed the K retrieved passages live with the context
             encoder (gradient reaches it) instead of using the index's stored vectors;
             the index then goes stale and should be refreshed (TrainConfig.refresh_index_steps).
+        source_weights: How decoding weights an answer's sources: "posterior" (the default),
+            p(z|x,y), the answer's posterior over the K passages; or "retriever", p(z|x), the
+            retriever's distribution. They cost the same in "thorough", "fast" and RAG-Token
+            (the per-passage scores are there anyway); in "concat", "posterior" scores the answer
+            under each passage alone (one extra pass of K prompts), "retriever" skips that pass.
     """
 
     num_docs: int = 5
@@ -140,8 +145,13 @@ class RagConfig:
     gradient_checkpointing: bool = False
     objective: str = "marginal"
     train_context_encoder: bool = False
+    source_weights: str = "posterior"
 
     def __post_init__(self) -> None:
+        _check(
+            self.source_weights in SOURCE_WEIGHTS,
+            f"source_weights must be 'posterior' or 'retriever', got {self.source_weights!r}",
+        )
         _check(
             self.objective in OBJECTIVE_NAMES,
             f"objective must be one of {sorted(OBJECTIVE_NAMES)}, got {self.objective!r}",
@@ -195,6 +205,7 @@ def from_dict(cls, data: dict[str, Any]):
     return cls(**data)
 
 
+SOURCE_WEIGHTS = ("posterior", "retriever")  # how decoding weights sources: generation.py
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 RESUME_MISMATCH = ("error", "checkpoint", "current")  # behaviour in training/resume.py
 FSDP_MODES = ("full_shard", "shard_grad_op")  # reshard after forward or not: training/fsdp.py

@@ -14,7 +14,9 @@ retrieval, prompt builder and generator; the marginalisation maths is in
   K = 1 the two modes agree exactly.
 - "concat": all K passages in one prompt and a single generation (common
   practice, not RAG-Sequence); the score is log p(y | f(x, z_1..z_K)) and the
-  sources are weighted by the answer's posterior p(z_k|x,y) from one pass.
+  sources are weighted by the answer's posterior p(z_k|x,y) from one pass of the
+  answer under each passage alone (`RagConfig(source_weights="retriever")` skips
+  that pass and weights them by p(z_k|x), in every mode).
 
 Scores mean the same in every mode: log p(y|f(x,z)) is always the teacher-forced
 log-likelihood of the returned text followed by EOS, exactly what `model(questions,
@@ -34,7 +36,8 @@ empty gets `RagAnswer(text="", score=-inf)` with its sources weighted by the
 prior p(z_k|x).
 
 Every answer's text is only the generated continuation (never the prompt),
-with sources weighted by p(z_k | x, y) and a score as above.
+with sources weighted by p(z_k | x, y) (or p(z_k | x): `RagConfig.source_weights`)
+and a score as above.
 
 Shapes: B questions, K passages, R returned sequences per prompt, C candidates.
 """
@@ -42,6 +45,7 @@ Shapes: B questions, K passages, R returned sequences per prompt, C candidates.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -137,6 +141,11 @@ def _score_encoded(model, encoded, cache: PromptCache | None = None, prompts=())
     )
 
 
+def _weights(model, doc_lp: torch.Tensor, posterior: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The sources' weights as `RagConfig.source_weights` asks: p(z|x,y) (`posterior()`) or p(z|x)."""
+    return doc_lp.exp() if model.config.source_weights == "retriever" else posterior()
+
+
 def _answer(text: str, passages: Sequence[Passage], weights: torch.Tensor, score: float | torch.Tensor) -> RagAnswer:
     order = torch.argsort(weights, descending=True).tolist()
     return RagAnswer(text=text, sources=[(passages[i], float(weights[i])) for i in order], score=float(score))
@@ -175,7 +184,7 @@ def _thorough(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> lis
         joint = doc_lp[b].unsqueeze(0) + seq_lp[row : row + len(cs)]  # (C, K)
         marginal = torch.logsumexp(joint, -1)  # (C,)
         best = int(marginal.argmax())
-        weights = posterior_doc_probs(doc_lp[b], seq_lp[row + best])
+        weights = _weights(model, doc_lp[b], partial(posterior_doc_probs, doc_lp[b], seq_lp[row + best]))
         answers.append(_answer(cs[best], passages[b], weights, marginal[best]))
         row += len(cs)
     return answers
@@ -209,7 +218,8 @@ def _fast(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[Ra
             continue
         joint = {t: doc_lp[b] + lp for t, lp in table.items()}  # other passages: log p = -inf
         best = max(joint, key=lambda t: float(torch.logsumexp(joint[t], -1)))
-        answers.append(_answer(best, passages[b], torch.softmax(joint[best], -1), torch.logsumexp(joint[best], -1)))
+        weights = _weights(model, doc_lp[b], partial(torch.softmax, joint[best], -1))
+        answers.append(_answer(best, passages[b], weights, torch.logsumexp(joint[best], -1)))
     return answers
 
 
@@ -219,19 +229,18 @@ def _concat(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[
     texts, cache = _generate_in_chunks(model, encoded, max_new_tokens, kwargs)
     scored = [b for b, t in enumerate(texts) if t]
     K = doc_lp.shape[1]
-    per_passage = (
-        model.prompts.encode_batch(
+    together = [model.prompts.encode(questions[b], passages[b], texts[b]) for b in scored]
+    concat_lp = _score_encoded(model, together, cache, scored)  # (S,) on the joint prompt's cache
+    if model.config.source_weights == "retriever" or not scored:
+        seq_lp = None  # no per-passage pass: the sources are weighted by p(z|x)
+    else:  # each passage alone, for the weights p(z|x,y)
+        per_passage = model.prompts.encode_batch(
             [questions[b] for b in scored], [passages[b] for b in scored], [texts[b] for b in scored]
         )
-        if scored
-        else []
-    )
-    together = [model.prompts.encode(questions[b], passages[b], texts[b]) for b in scored]
-    seq_lp = _score_encoded(model, per_passage).view(-1, K)  # (S, K): each passage alone, for the weights
-    concat_lp = _score_encoded(model, together, cache, scored)  # (S,) on the joint prompt's cache
+        seq_lp = _score_encoded(model, per_passage).view(-1, K)  # (S, K)
     answers = [_no_answer(passages[b], doc_lp[b]) for b in range(len(texts))]
     for i, b in enumerate(scored):
-        weights = posterior_doc_probs(doc_lp[b], seq_lp[i])
+        weights = doc_lp[b].exp() if seq_lp is None else posterior_doc_probs(doc_lp[b], seq_lp[i])
         answers[b] = _answer(texts[b], passages[b], weights, concat_lp[i])
     return answers
 
@@ -343,7 +352,7 @@ def _token_answers(model, questions, doc_lp, passages, texts) -> list[RagAnswer]
     )  # (S, K, T), (S, T)
     token_lp, mask, prior = token_lp.float().cpu(), mask.cpu(), doc_lp[scored]
     scores = -rag_token_nll(prior, token_lp, mask, reduction="none")  # (S,)
-    weights = posterior_doc_probs(prior, token_lp.sum(-1))  # (S, K)
+    weights = _weights(model, prior, partial(posterior_doc_probs, prior, token_lp.sum(-1)))  # (S, K)
     for i, b in enumerate(scored):
         answers[b] = _answer(texts[b], passages[b], weights[i], scores[i])
     return answers

@@ -172,3 +172,40 @@ def test_rag_token_score_is_its_models_log_likelihood_with_eos(passages, kwargs)
         posterior = torch.softmax(out.doc_logprobs[0] + out.seq_logprobs[0], -1)
         assert {p.id: w for p, w in a.sources} == pytest.approx(
             {p.id: float(w) for p, w in zip(out.passages[0], posterior)}, abs=1e-5)
+
+
+# -- RagConfig.source_weights: the retriever's p(z|x) instead of the posterior ------------
+@pytest.mark.parametrize("decoding", MODES + ["token"])
+def test_retriever_source_weights_are_p_z_given_x_and_leave_text_and_score_alone(passages, decoding):
+    import dataclasses
+
+    from contextflow_core.rag_token import RAGToken
+
+    enc = tiny_encoder()
+    index = DocumentIndex.from_texts(passages, enc, show_progress=False)
+    cls = RAGToken if decoding == "token" else RAGSequence
+    rag = cls(enc, index, tiny_tokenizer(), tiny_generator(), config=RagConfig(num_docs=3)).eval()
+    kwargs = {} if decoding == "token" else {"decoding": decoding}
+    posterior = rag.generate(questions=QS, max_new_tokens=4, **kwargs)
+    rag.config = dataclasses.replace(rag.config, source_weights="retriever")
+    rows = []
+    handle = rag.generator.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]),
+                                                     with_kwargs=True)
+    try:
+        prior = rag.generate(questions=QS, max_new_tokens=4, **kwargs)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        doc_lp, retrieved = rag.retrieve(QS, 3)
+    for a, b, lp, row in zip(prior, posterior, doc_lp, retrieved.passages):
+        assert a.text == b.text and a.score == pytest.approx(b.score, abs=1e-5)
+        assert {p.id: w for p, w in a.sources} == pytest.approx(
+            {p.id: float(w) for p, w in zip(row, lp.exp())}, abs=1e-6)
+        assert {p.id: w for p, w in a.sources} != pytest.approx({p.id: w for p, w in b.sources}, abs=1e-3)
+    if decoding == "concat":  # no pass of the answer under each passage alone (len(QS) * 3 rows)
+        assert len(QS) * 3 not in rows, rows
+
+
+def test_source_weights_must_be_posterior_or_retriever():
+    with pytest.raises(ValueError, match=r"source_weights must be 'posterior' or 'retriever', got 'prior'"):
+        RagConfig(source_weights="prior")
