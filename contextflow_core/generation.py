@@ -51,6 +51,7 @@ import torch
 
 from .kv_cache import PromptCache, kv_reuse_fallback, score_with_cache, wants_generated_logits
 from .loss import posterior_doc_probs, rag_token_nll
+from .prefix_cache import shared_prefix_inputs
 from .types import Passage, RagAnswer
 from .validation import RAG_RESERVED, as_int, check_generate_kwargs
 
@@ -91,10 +92,11 @@ def _run_generate(model, encoded, max_new_tokens: int, cache: PromptCache | None
     if cache is not None:
         kwargs["return_dict_in_generate"] = True
         kwargs["output_logits"] = wants_generated_logits(model.generator, len(encoded), max_new_tokens, kwargs)
+        inputs = shared_prefix_inputs(model.generator, inputs, kwargs) or inputs  # the common prompt frame once
     out = model.generator.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
     if cache is not None:
-        cache.add(out, inputs)
+        cache.add(out, {k: inputs[k] for k in ("input_ids", "attention_mask")})
     new = sequences[:, inputs["input_ids"].shape[1] :]  # (N*R, new)
     return [t.strip() for t in tok.batch_decode(_first_eos_cut(model, new), skip_special_tokens=True)]
 

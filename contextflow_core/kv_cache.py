@@ -72,7 +72,10 @@ _USER_CACHE_KWARGS = (
 
 @contextmanager
 def uncached() -> Iterator[None]:
-    """Score every decoding candidate from scratch (no prompt KV reuse) inside this block, in this thread/task.
+    """Decode without any reuse inside this block, in this thread/task: candidates scored from scratch.
+
+    Turns off the prompt KV reuse, the scores taken from generation's logits and the shared
+    prompt prefix (`prefix_cache`): the reference path, for tests and debugging.
 
     Example:
         >>> with uncached():  # doctest: +SKIP

@@ -64,6 +64,39 @@ class Lengths:
         self.handle.remove()
 
 
+class Forwards:
+    """Every forward of the generator's decoder body as (rows, tokens), and which ran after the last `generate`."""
+
+    def __init__(self, rag):
+        self.rag, self.seen, self.generate_calls, self._end = rag, [], [], 0
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.seen.append(tuple(ids.shape))
+
+    def _generate(self, **kwargs):
+        self.generate_calls.append(tuple(kwargs["input_ids"].shape))
+        out = self._own(**kwargs)
+        self._end = len(self.seen)
+        return out
+
+    @property
+    def after_generation(self) -> list[tuple[int, int]]:
+        """The scoring passes: forwards after the last `generate` call returned."""
+        return self.seen[self._end:]
+
+    def __enter__(self):
+        gen = self.rag.generator
+        self._own = gen.generate
+        gen.generate = self._generate
+        self.handle = gen.get_decoder().register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+        del self.rag.generator.generate
+
+
 def prompt_lengths(rag, decoding) -> int:
     _, retrieved = rag.retrieve(QS, rag.config.num_docs)
     if decoding == "concat":
@@ -147,20 +180,15 @@ def test_cached_scores_are_the_models_own_log_likelihoods(decoding):
 @pytest.mark.parametrize("micro_batch_size", [None, 2])
 def test_answers_generated_with_their_eos_are_scored_from_generations_logits_without_a_pass(micro_batch_size):
     # Each text re-encodes to the ids generated (letters, then EOS): its score is generation's own raw
-    # log-probs, so "fast" runs no scoring pass: the only multi-token forwards are the prefills.
+    # log-probs, so "fast" runs no scoring pass: no forward after generation.
     rag = build(micro_batch_size=micro_batch_size)
     kwargs = SETTINGS["letters ending in EOS"]
     cached, plain, _, _ = both(rag, "fast", **kwargs)
     assert_same(cached, plain)
-    generate, prefills = rag.generator.generate, []
-    rag.generator.generate = lambda **kw: prefills.append(kw["input_ids"].shape[1]) or generate(**kw)
-    try:
-        with Lengths(rag.generator) as calls:
-            rag.generate(questions=QS, decoding="fast", **kwargs)
-    finally:
-        del rag.generator.generate
-    assert len(prefills) == (1 if micro_batch_size is None else 5)  # 9 prompts
-    assert [n for n in calls.seen if n > 1] == prefills, calls.seen
+    with Forwards(rag) as calls:
+        rag.generate(questions=QS, decoding="fast", **kwargs)
+    assert len(calls.generate_calls) == (1 if micro_batch_size is None else 5)  # 9 prompts
+    assert calls.after_generation == [], calls.seen
 
 
 def test_generation_logits_over_budget_are_not_kept_and_a_scoring_pass_runs(monkeypatch):
@@ -170,10 +198,10 @@ def test_generation_logits_over_budget_are_not_kept_and_a_scoring_pass_runs(monk
     kwargs = SETTINGS["letters ending in EOS"]
     within = rag.generate(questions=QS, decoding="fast", **kwargs)
     monkeypatch.setattr(kv, "GENERATED_LOGITS_BUDGET", 1024)  # less than 9 prompts x 4 tokens x the vocabulary
-    with Lengths(rag.generator) as calls:
+    with Forwards(rag) as calls:
         over = rag.generate(questions=QS, decoding="fast", **kwargs)
     assert_same(over, within)
-    assert sum(1 for n in calls.seen if n > 1) == 2  # the prefill, then the scoring pass on the cache
+    assert [rows for rows, _ in calls.after_generation] == [len(QS) * 3]  # one scoring pass on the cache
 
 
 def per_passage_texts(rag, **kwargs) -> list[list[str]]:
@@ -199,16 +227,10 @@ def test_thorough_rescores_only_the_pairs_generation_did_not_produce(num_docs):
     kwargs = SETTINGS["letters ending in EOS"]
     texts = per_passage_texts(rag, **kwargs)
     expected = sum(len({t for t in row if t}) * num_docs - sum(1 for t in row if t) for row in texts)
-    rows: list[int] = []
-    handle = rag.generator.get_decoder().register_forward_pre_hook(
-        lambda m, a, kw: rows.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] > 1 else None,
-        with_kwargs=True)
-    try:
+    with Forwards(rag) as calls:
         rag.generate(questions=QS, decoding="thorough", **kwargs)
-    finally:
-        handle.remove()
     assert 0 < expected < len(QS) * num_docs * num_docs  # some pairs were generated, some were not
-    assert sum(rows[1:]) == expected  # after the one prefill: the scoring pass's rows
+    assert sum(rows for rows, _ in calls.after_generation) == expected  # the scoring pass's rows
     cached, plain, _, _ = both(rag, "thorough", **kwargs)
     assert_same(cached, plain)
 
@@ -234,6 +256,10 @@ def test_peft_wrapped_generator_scores_on_the_cache():
     cached, plain, longest_cached, longest_plain = both(rag, "thorough", max_new_tokens=5, num_beams=2)
     assert_same(cached, plain)
     assert longest_cached < longest_plain
+    with Forwards(rag) as calls:  # greedy: the shared prefix runs through the adapters too
+        rag.generate(questions=QS, decoding="fast", max_new_tokens=5)
+    assert calls.seen[0][0] == 1
+    assert_same(*both(rag, "fast", max_new_tokens=5)[:2])
 
 
 def test_a_prompt_cut_for_the_answer_is_scored_from_scratch():
@@ -298,3 +324,82 @@ def test_embedded_smollm2_scores_on_the_cache_equal_the_uncached_path():
             doc, seq = reference(rag, questions, [a.text for a in cached])
             for a, d, s in zip(cached, doc, seq):
                 assert a.score == pytest.approx(float(torch.logsumexp(d + s, 0)), abs=1e-4)
+
+
+# -- the prompts' common frame is prefilled once --------------------------------------------
+@pytest.mark.parametrize("decoding", MODES)
+def test_the_prompts_common_prefix_is_prefilled_once_and_scores_stay_exact(decoding):
+    rag = build()
+    with Forwards(rag) as calls:
+        rag.generate(questions=QS, decoding=decoding, max_new_tokens=4)
+    (rows, length), = calls.generate_calls
+    (prefix_rows, h), (prefill_rows, rest) = calls.seen[:2]
+    if decoding == "concat":  # 3 prompts, one per question: their common frame is shared too
+        assert rows == len(QS)
+    assert prefix_rows == 1 and h >= 4 and (prefill_rows, rest) == (rows, length - h)
+    _, retrieved = rag.retrieve(QS, 3)
+    encoded = ([rag.prompts.encode(q, ps) for q, ps in zip(QS, retrieved.passages)] if decoding == "concat"
+               else rag.prompts.encode_batch(QS, retrieved.passages))
+    prompts = [e.input_ids for e in encoded]
+    assert all(p[:h] == prompts[0][:h] for p in prompts)  # the frame really is common
+    assert len({p[h] for p in prompts}) > 1  # and no longer
+    cached, plain, _, _ = both(rag, decoding, max_new_tokens=4)
+    assert_same(cached, plain)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_beams=2), dict(do_sample=True, num_return_sequences=2)],
+                         ids=["beams", "2 returned"])
+def test_no_prefix_pass_when_rows_expand_per_prompt(kwargs):
+    rag = build()
+    with Forwards(rag) as calls:
+        rag.generate(questions=QS, decoding="fast", max_new_tokens=3, **kwargs)
+    assert calls.seen[0][0] > 1  # the first forward is generate's own prefill of every row
+
+
+def test_identical_prompts_share_all_but_their_last_token_and_score_as_uncached():
+    rag = build()
+    questions = ["Who?", "Who?"]
+    with Forwards(rag) as calls:
+        cached = rag.generate(questions=questions, decoding="concat", max_new_tokens=4)
+    (rows, length), = calls.generate_calls
+    assert calls.seen[:2] == [(1, length - 1), (2, 1)]
+    with uncached():
+        plain = rag.generate(questions=questions, decoding="concat", max_new_tokens=4)
+    assert cached[0].text == plain[0].text == cached[1].text
+    assert cached[0].score == pytest.approx(plain[0].score, abs=TOL)
+
+
+def test_a_streamer_sees_the_prompts_as_built_so_no_prefix_pass_runs():
+    from transformers.generation.streamers import BaseStreamer
+
+    class Prompts(BaseStreamer):
+        def __init__(self):
+            self.first = None
+
+        def put(self, value):
+            self.first = value.tolist() if self.first is None else self.first
+
+        def end(self):
+            pass
+
+    rag = build()
+    streamer = Prompts()
+    with Forwards(rag) as calls:
+        rag.generate(questions=QS[:1], decoding="fast", max_new_tokens=3, streamer=streamer)
+    assert calls.seen[0][0] == 3  # generate's own prefill of the 3 prompts
+    _, retrieved = rag.retrieve(QS[:1], 3)
+    prompts = [e.input_ids for e in rag.prompts.encode_batch(QS[:1], retrieved.passages)]
+    pad = rag.generator_tokenizer.pad_token_id
+    assert [[t for t in row[len(row) - len(p):]] for row, p in zip(streamer.first, prompts)] == prompts
+    assert all(t == pad for row, p in zip(streamer.first, prompts) for t in row[:len(row) - len(p)])
+
+
+def test_a_generation_config_cache_implementation_is_left_to_generate():
+    rag = build()
+    with uncached():
+        plain = rag.generate(questions=QS, decoding="fast", max_new_tokens=4)
+    rag.generator.generation_config.cache_implementation = "dynamic"
+    with Forwards(rag) as calls:
+        cached = rag.generate(questions=QS, decoding="fast", max_new_tokens=4)
+    assert calls.seen[0][0] == len(QS) * 3  # generate's own prefill of every row, no prefix pass
+    assert_same(cached, plain)

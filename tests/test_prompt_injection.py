@@ -35,23 +35,49 @@ def _count(ids, controls) -> int:
 
 
 class _Inputs:
-    """Records the attended input ids of every multi-token generator call (prompts, scored answers)."""
+    """Records the attended input ids of every prompt and every multi-token generator call outside `generate`.
+
+    Prompts are taken from each `generate` call's inputs (ids where the attention mask is 1: the prompt
+    as attended, however generate is fed it, e.g. the common frame prefilled once); scoring passes from
+    a forward pre-hook (rows scored from scratch, and rows fed on top of a cached prompt).
+    """
 
     def __init__(self, generator):
         self.rows: list[list[int]] = []
         self.continued: list[list[int]] = []  # rows fed on top of a cached prompt (KV reuse: answers scored)
-        self.handle = generator.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._generating = False
+        self._generator, own = generator, generator.generate
+        hook = generator.register_forward_pre_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None or ids.shape[1] < 2:
-            return
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 calls it `cache`
-        cached = cache is not None and cache.get_seq_length() > 0
-        mask = kwargs.get("attention_mask")
+        def generate(*args, **kwargs):
+            self._record(kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask"), cached=False)
+            self._generating = True
+            try:
+                return own(*args, **kwargs)
+            finally:
+                self._generating = False
+
+        generator.generate = generate
+
+        class _Undo:
+            @staticmethod
+            def remove():
+                hook.remove()
+                del generator.generate
+
+        self.handle = _Undo()
+
+    def _record(self, ids, mask, cached: bool) -> None:
         mask = torch.ones_like(ids) if mask is None or mask.shape != ids.shape else mask
         rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
         (self.continued if cached else self.rows).extend(rows)
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if self._generating or ids is None or ids.shape[1] < 2:
+            return
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 calls it `cache`
+        self._record(ids, kwargs.get("attention_mask"), cached=cache is not None and cache.get_seq_length() > 0)
 
     def continued_controls(self, controls, eos: int) -> set[int]:
         """Control ids inside continuation rows, past their first id (the prompt's last, re-fed) and a trailing EOS."""
