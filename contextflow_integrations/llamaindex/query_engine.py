@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import threading
 from collections.abc import AsyncGenerator, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -164,7 +166,11 @@ class ContextFlowQueryEngine(CustomQueryEngine):
         return response
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        response = await asyncio.to_thread(self._query, query_bundle)  # the span context goes along
+        # A thread per waiting query (the span context goes along), from a pool of our own: the event
+        # loop's default one holds min(32, CPUs + 4) threads, which would cap how many concurrent
+        # queries can reach the RequestBatcher together (6 on 2 cores) and so the batch size.
+        call = functools.partial(contextvars.copy_context().run, self._query, query_bundle)
+        response = await asyncio.get_running_loop().run_in_executor(_AQUERY_POOL, call)
         if isinstance(response, StreamingResponse):
             return AsyncStreamingResponse(
                 response_gen=_async_tokens(response.response_gen),
@@ -340,6 +346,12 @@ def _observed(callback_manager: Any) -> bool:
             return True
         current = current.parent if current.propagate else None
     return False
+
+
+#: Most `aquery` calls of all engines that wait for an answer at once (threads blocked on the batcher).
+AQUERY_THREADS = 64
+#: The process-wide pool `aquery` runs queries on (its threads are made on demand).
+_AQUERY_POOL = ThreadPoolExecutor(max_workers=AQUERY_THREADS, thread_name_prefix="contextflow-aquery")
 
 
 async def _async_tokens(tokens) -> AsyncGenerator[str, None]:

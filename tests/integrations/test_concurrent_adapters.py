@@ -143,3 +143,22 @@ def test_llamaindex_batching_off_or_observed_is_one_call_per_query(rag, sequenti
         responses = asyncio.run(many(engine, questions))
         assert [str(r.response) for r in responses] == [a.text for a in sequential[QUESTIONS.index(questions[0]):][:3]]
     assert counted == [1] * 6 and len(debug.get_event_pairs("llm")) == 3 * 2
+
+
+def test_llamaindex_aquery_from_16_tasks_reaches_the_batcher_together_whatever_the_loops_default_pool(
+        rag, sequential, counted, monkeypatch):
+    # The loop's default executor is capped at 2 threads here (it is min(32, CPUs + 4) normally: 6 on
+    # 2 cores): aquery must not depend on it, or 16 concurrent queries would reach the batcher 2 at a time.
+    from contextflow_core.serving import RequestBatcher
+
+    with RequestBatcher(rag, max_batch_size=16, max_wait_ms=5000) as batcher:  # waits for all 16
+        monkeypatch.setattr(type(rag), "batcher", lambda self, **kw: batcher)
+        engine = ContextFlowQueryEngine(rag=rag, max_new_tokens=5, decoding="fast")
+
+        async def many():
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+            return await asyncio.gather(*[engine.aquery(q) for q in QUESTIONS])
+
+        responses = asyncio.run(many())
+    assert [str(r.response) for r in responses] == [a.text for a in sequential]
+    assert counted == [16]
