@@ -8,6 +8,8 @@ side (one untimed warm-up call each, then per question every runner once, in a r
   encoding, generation, exact scoring and the posterior bookkeeping included;
 - `thorough_uncached`: `thorough` with prompt KV reuse turned off (`kv_cache.uncached()`), the
   path before issue 17: every candidate rescored from scratch under every passage;
+- `concat_retriever`: `concat` with `RagConfig(source_weights="retriever")`: sources weighted by
+  p(z|x), so no pass of the answer under each passage alone;
 - `hf_passages`: plain HF `generate` on the K per-passage prompts `fast`/`thorough` generate from
   (one left-padded batch; token ids prepared outside the timing);
 - `hf_concat`: plain HF `generate` on the one prompt holding the K passages that `concat` uses.
@@ -36,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 MODES = ("thorough", "fast", "concat")
-BASELINES = ("thorough_uncached", "hf_passages", "hf_concat")
+BASELINES = ("thorough_uncached", "concat_retriever", "hf_passages", "hf_concat")
 RATIOS = (("thorough", "fast"), ("thorough_uncached", "thorough"), ("fast", "hf_passages"),
-          ("thorough", "hf_passages"), ("concat", "hf_concat"), ("concat", "fast"))
+          ("thorough", "hf_passages"), ("concat", "hf_concat"), ("concat_retriever", "hf_concat"),
+          ("concat", "fast"))
 
 
 @dataclass
@@ -91,18 +94,24 @@ def hf_runner(rag, question: str, cfg: DecodingConfig, concat: bool) -> Callable
 def runners_for(rag, question: str, cfg: DecodingConfig) -> dict[str, Callable[[], str]]:
     from contextflow_core.kv_cache import uncached
 
-    def mode(name: str, reuse: bool = True):
+    def mode(name: str, reuse: bool = True, source_weights: str = "posterior"):
         def run():
             kwargs = dict(questions=[question], num_docs=cfg.num_docs, max_new_tokens=cfg.max_new_tokens,
                           decoding=name)
-            if reuse:
-                return rag.generate(**kwargs)[0]
-            with uncached():
-                return rag.generate(**kwargs)[0]
+            own = rag.config
+            rag.config = dataclasses.replace(own, source_weights=source_weights)
+            try:
+                if reuse:
+                    return rag.generate(**kwargs)[0]
+                with uncached():
+                    return rag.generate(**kwargs)[0]
+            finally:
+                rag.config = own
         return run
 
     table = {m: mode(m) for m in MODES}
     table["thorough_uncached"] = mode("thorough", reuse=False)
+    table["concat_retriever"] = mode("concat", source_weights="retriever")
     table["hf_passages"] = hf_runner(rag, question, cfg, concat=False)
     table["hf_concat"] = hf_runner(rag, question, cfg, concat=True)
     return {name: table[name] for name in cfg.runners}
