@@ -10,6 +10,8 @@ machine hit every path alike), after one untimed warm-up call each:
 - `natural`: N threads each submit one question at once to `RequestBatcher(rag, max_wait_ms=0)`
   (natural batching: no wait when idle, requests arriving during a batch form the next one);
 - `wait_10ms`: as `natural` with ``max_wait_ms=10``;
+- `one_call`: the chunk's questions in one `rag.generate(questions=chunk)` call: what a batcher could
+  at best reach (no queueing, one batch per chunk);
 - `lone_sequential` / `lone_natural` / `lone_wait_10ms`: a lone caller, one question at a time,
   each path once per question in a rotated order: the latency one user pays for a batcher.
 
@@ -111,7 +113,7 @@ def run(rag, questions, cfg: ServingConfig) -> dict[str, Any]:
     batchers = {name: RequestBatcher(rag, max_batch_size=cfg.max_batch_size, max_wait_ms=wait)
                 for name, wait in (("natural", 0.0), ("wait_10ms", 10.0))}
     paths = {name: {"wall_s": 0.0, "latency": [], "calls": 0, "same_answers": True, "loadavg": []}
-             for name in ("sequential", *batchers)}
+             for name in ("sequential", "one_call", *batchers)}
     with batchers["natural"], batchers["wait_10ms"]:
         for b in batchers.values():
             b.generate(questions[0], **opts)  # warm-up
@@ -120,6 +122,10 @@ def run(rag, questions, cfg: ServingConfig) -> dict[str, Any]:
             wall, lat, answers = _sequential(rag, chunk, opts)
             reference = [_key(a) for a in answers]
             _add(paths["sequential"], wall, lat, len(chunk), True)
+            t = time.perf_counter()
+            answers = rag.generate(questions=chunk, **opts)
+            wall = time.perf_counter() - t
+            _add(paths["one_call"], wall, [wall] * len(chunk), 1, [_key(a) for a in answers] == reference)
             for name, b in batchers.items():
                 calls = b.stats["calls"]
                 wall, lat, answers = _concurrent(b, chunk, opts, cfg.callers)
@@ -153,7 +159,7 @@ def _summarise(paths: dict, n: int, lone: dict[str, list[float]]) -> dict[str, A
                           "latency_p50_s": _pct(lat, 0.5), "latency_p95_s": _pct(lat, 0.95)}
     seq = per_path["sequential"]["throughput_qps"]
     ratios = {f"{name}_throughput_vs_sequential": per_path[name]["throughput_qps"] / seq
-              for name in ("natural", "wait_10ms")}
+              for name in ("natural", "wait_10ms", "one_call")}
     ratios.update({f"{name}_p50_vs_lone_sequential": common.paired_ratios(lone[name], lone["lone_sequential"])
                    ["median"] for name in ("lone_natural", "lone_wait_10ms")})
     return {"per_path": per_path, "ratios": ratios}
