@@ -18,7 +18,8 @@ Taken only when it is exact and simple: at least two prompts, one sequence per p
 (no beams, no `num_return_sequences`, whose expansion would have to follow the cache),
 no `streamer` (it is shown the prompts as `generate` gets them: a trace or a console
 would see the rearranged rows), no `cache_implementation` in the generator's generation
-config, a plain dynamic cache, and the caller's
+config, a forward that takes `position_ids` (so `generate` derives them from the mask),
+a plain dynamic cache, and the caller's
 `kv_reuse_fallback` found nothing against it.
 """
 
@@ -67,6 +68,8 @@ def shared_prefix_inputs(generator, inputs: dict, generate_kwargs: dict) -> dict
         return None
     if getattr(getattr(generator, "generation_config", None), "cache_implementation", None) is not None:
         return None  # the model asks generate for a cache of its own kind (static, hybrid, ...)
+    if "position_ids" not in _forward_params(generator):
+        return None  # positions would follow the padded columns, not the mask (ALiBi models, ...)
     lengths = mask.sum(-1).tolist()
     rows = [ids[i, L - lengths[i] :] for i in range(n)]
     h = min(_common_prefix(rows), min(lengths) - 1)  # every row keeps a token to predict from
