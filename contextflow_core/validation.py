@@ -242,6 +242,7 @@ RAG_RESERVED = {
     "attention_mask": "pass questions=[...]",
     "max_length": "pass max_new_tokens= (the prompt length varies per passage)",
     "output_scores": "decoding always scores candidates",
+    "output_logits": "decoding asks for generation's logits itself, to score the answers it generated",
     "return_dict_in_generate": "decoding needs it",
 }
 

@@ -403,3 +403,14 @@ def test_a_generation_config_cache_implementation_is_left_to_generate():
         cached = rag.generate(questions=QS, decoding="fast", max_new_tokens=4)
     assert calls.seen[0][0] == len(QS) * 3  # generate's own prefill of every row, no prefix pass
     assert_same(cached, plain)
+
+
+@pytest.mark.parametrize("name", ["output_logits", "output_scores", "return_dict_in_generate"])
+def test_generate_outputs_decoding_sets_itself_are_refused_not_overridden(name):
+    from contextflow_core.serving import RequestBatcher
+
+    rag = build()
+    with pytest.raises(TypeError, match=rf"{name!r} is set by ContextFlow; decoding"):
+        rag.generate(questions=QS[:1], max_new_tokens=2, **{name: False})
+    with RequestBatcher(rag) as batcher, pytest.raises(TypeError, match=rf"{name!r} is set by ContextFlow"):
+        batcher.submit(QS[0], max_new_tokens=2, **{name: True})
