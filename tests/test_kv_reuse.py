@@ -414,3 +414,25 @@ def test_generate_outputs_decoding_sets_itself_are_refused_not_overridden(name):
         rag.generate(questions=QS[:1], max_new_tokens=2, **{name: False})
     with RequestBatcher(rag) as batcher, pytest.raises(TypeError, match=rf"{name!r} is set by ContextFlow"):
         batcher.submit(QS[0], max_new_tokens=2, **{name: True})
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo2",
+                                        "granite", "cohere", "gpt2"])
+@pytest.mark.parametrize("decoding", ["thorough", "concat"])
+def test_reuse_is_exact_on_every_architecture(model_type, decoding):
+    # The shared prefix, the generation logits and the prompt cache together, against scoring from scratch,
+    # on architectures whose positions, embeddings and logits differ (RoPE variants, learned positions,
+    # embedding scaling, soft-capping, logit scales).
+    from test_scoring_exact import tiny_lm
+
+    full_attention = {"mistral": {"sliding_window": None}, "gemma2": {"layer_types": ["full_attention"] * 2}}
+    generator = tiny_lm(model_type, **full_attention.get(model_type, {}))  # sliding windows: never reused
+    if model_type != "gemma2":  # soft-capped attention runs eager only, and eager in float64 turns
+        generator = generator.double()  # fully padded rows to NaN: gemma2 stays float32 (TOL still holds)
+        generator.config._attn_implementation = "sdpa"
+    rag = build(generator=generator)
+    with Forwards(rag) as calls:
+        rag.generate(questions=QS, decoding=decoding, max_new_tokens=4)
+    assert calls.seen[0][0] == 1  # the shared prefix pass ran
+    check_reuse(rag, decoding, **SETTINGS["letters ending in EOS"])
+    check_reuse(rag, decoding, max_new_tokens=4)
