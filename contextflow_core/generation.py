@@ -51,7 +51,7 @@ import torch
 
 from .kv_cache import PromptCache, kv_reuse_fallback, score_with_cache, wants_generated_logits
 from .loss import posterior_doc_probs, rag_token_nll
-from .prefix_cache import shared_prefix_inputs
+from .prefix_cache import prefill, shared_prefix_inputs
 from .types import Passage, RagAnswer
 from .validation import RAG_RESERVED, as_int, check_generate_kwargs
 
@@ -236,10 +236,13 @@ def _concat(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[
     if model.config.source_weights == "retriever" or not scored:
         seq_lp = None  # no per-passage pass: the sources are weighted by p(z|x)
     else:  # each passage alone, for the weights p(z|x,y)
-        per_passage = model.prompts.encode_batch(
-            [questions[b] for b in scored], [passages[b] for b in scored], [texts[b] for b in scored]
-        )
-        seq_lp = _score_encoded(model, per_passage).view(-1, K)  # (S, K)
+        qs, ps = [questions[b] for b in scored], [passages[b] for b in scored]
+        per_passage = model.prompts.encode_batch(qs, ps, [texts[b] for b in scored])
+        prompts = None  # prompt KV prefilled (frame shared) when the model's caches are reusable, as generation's
+        if cache is not None and cache.usable:
+            collate, size = model.prompts.collate, model.config.micro_batch_size
+            prompts = prefill(model.generator, model.prompts.encode_batch(qs, ps), collate, size)
+        seq_lp = _score_encoded(model, per_passage, prompts, range(len(per_passage))).view(-1, K)  # (S, K)
     answers = [_no_answer(passages[b], doc_lp[b]) for b in range(len(texts))]
     for i, b in enumerate(scored):
         weights = doc_lp[b].exp() if seq_lp is None else posterior_doc_probs(doc_lp[b], seq_lp[i])

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import torch
 
-from .kv_cache import _cache_of, _forward_params, _layer_tensors, _new_cache
+from .kv_cache import PromptCache, _cache_of, _forward_params, _layer_tensors, _new_cache
 from .scoring import _base_model
 
-__all__ = ["MIN_SHARED_PREFIX", "shared_prefix_inputs"]
+__all__ = ["MIN_SHARED_PREFIX", "prefill", "shared_prefix_inputs"]
 
 #: Fewest common prompt tokens worth a separate prefix pass.
 MIN_SHARED_PREFIX = 4
@@ -91,3 +91,45 @@ def shared_prefix_inputs(generator, inputs: dict, generate_kwargs: dict) -> dict
     cache = _new_cache(expanded)
     name = "cache" if "cache" in _forward_params(generator) else "past_key_values"
     return {"input_ids": new_ids, "attention_mask": new_mask, name: cache}
+
+
+def prefill(generator, encoded, collate, micro_batch_size: int | None = None) -> PromptCache | None:
+    """The KV of `encoded` prompts as a `PromptCache`, from forward passes alone (no generation); None if unusable.
+
+    For answers to be scored on prompts no `generate` call ran (concat's per-passage weights): the
+    decoder body runs each micro-batch once, the common prefix shared as in `shared_prefix_inputs`, with
+    no LM head. None when the cache it returns cannot be reused (then score from scratch).
+
+    Args:
+        generator: The causal LM.
+        encoded: The prompts (`EncodedPrompt`, no answer).
+        collate: `PromptBuilder.collate`.
+        micro_batch_size: Prompts per forward; None: all at once.
+    """
+    cache = PromptCache(encoded)
+    decoder = _base_model(generator).get_decoder()
+    device = next(generator.parameters()).device
+    name = "cache" if "cache" in _forward_params(generator) else "past_key_values"
+    size = micro_batch_size or len(encoded) or 1
+    for start in range(0, len(encoded), size):
+        batch = collate(encoded[start : start + size])
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+        shared = shared_prefix_inputs(generator, inputs, {})
+        if shared is None:
+            run = {**inputs, "position_ids": batch["position_ids"].to(device)}
+        else:
+            inputs = {k: shared[k] for k in ("input_ids", "attention_mask")}
+            h = shared[name].get_seq_length()
+            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            run = {
+                "input_ids": inputs["input_ids"][:, h:],
+                "attention_mask": inputs["attention_mask"],
+                "position_ids": positions[:, h:],
+                name: shared[name],
+            }
+        with torch.no_grad():
+            out = decoder(**run, use_cache=True)
+        cache.add(out, inputs)
+        if cache.reason is not None:
+            return None
+    return cache

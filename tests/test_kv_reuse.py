@@ -436,3 +436,18 @@ def test_reuse_is_exact_on_every_architecture(model_type, decoding):
     assert calls.seen[0][0] == 1  # the shared prefix pass ran
     check_reuse(rag, decoding, **SETTINGS["letters ending in EOS"])
     check_reuse(rag, decoding, max_new_tokens=4)
+
+
+def test_concat_scores_each_passage_alone_on_prompts_prefilled_once_not_from_scratch():
+    # The weights p(z|x,y) need the answer under each passage alone: those prompts are prefilled (their
+    # common frame once), then only the answers run on them; the joint answer comes from generation's logits.
+    rag = build()
+    kwargs = SETTINGS["letters ending in EOS"]
+    with Forwards(rag) as calls:
+        answers = rag.generate(questions=QS, decoding="concat", **kwargs)
+    S, K = sum(1 for a in answers if a.text), 3
+    _, retrieved = rag.retrieve(QS, K)
+    longest = max(len(e.input_ids) for e in rag.prompts.encode_batch(QS, retrieved.passages))
+    (one, h), (rows, rest), (scored, T) = calls.after_generation
+    assert (one, rows, scored) == (1, S * K, S * K) and rest == longest - h and T <= kwargs["max_new_tokens"]
+    assert_same(*both(rag, "concat", **kwargs)[:2])
