@@ -45,6 +45,7 @@ Shapes: B questions, K passages, R returned sequences per prompt, C candidates.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -236,12 +237,16 @@ def _concat(model, questions, doc_lp, passages, max_new_tokens, kwargs) -> list[
     if model.config.source_weights == "retriever" or not scored:
         seq_lp = None  # no per-passage pass: the sources are weighted by p(z|x)
     else:  # each passage alone, for the weights p(z|x,y)
-        qs, ps = [questions[b] for b in scored], [passages[b] for b in scored]
-        per_passage = model.prompts.encode_batch(qs, ps, [texts[b] for b in scored])
+        per_passage = model.prompts.encode_batch(
+            [questions[b] for b in scored], [passages[b] for b in scored], [texts[b] for b in scored]
+        )
         prompts = None  # prompt KV prefilled (frame shared) when the model's caches are reusable, as generation's
         if cache is not None and cache.usable:
-            collate, size = model.prompts.collate, model.config.micro_batch_size
-            prompts = prefill(model.generator, model.prompts.encode_batch(qs, ps), collate, size)
+            prompt_only = [
+                replace(e, input_ids=e.input_ids[: e.prompt_length], labels=e.labels[: e.prompt_length])
+                for e in per_passage
+            ]  # each pair's own prompt (as cut for its answer), not re-tokenised
+            prompts = prefill(model.generator, prompt_only, model.prompts.collate, model.config.micro_batch_size)
         seq_lp = _score_encoded(model, per_passage, prompts, range(len(per_passage))).view(-1, K)  # (S, K)
     answers = [_no_answer(passages[b], doc_lp[b]) for b in range(len(texts))]
     for i, b in enumerate(scored):

@@ -110,10 +110,20 @@ def kv_reuse_fallback(generator, generate_kwargs: dict | None = None) -> str | N
     return None
 
 
+def num_beams(generator, generate_kwargs: dict) -> int:
+    """The beams a `generate` call runs: its own `num_beams`, else the generator's generation config's."""
+    beams = generate_kwargs.get("num_beams") or getattr(getattr(generator, "generation_config", None), "num_beams", 1)
+    return beams or 1
+
+
+def cache_keyword(generator) -> str:
+    """The forward keyword that takes a KV cache: `cache` from transformers 5, `past_key_values` before."""
+    return "cache" if "cache" in _forward_params(generator) else "past_key_values"
+
+
 def wants_generated_logits(generator, rows: int, max_new_tokens: int, generate_kwargs: dict) -> bool:
     """Whether a `generate` call of `rows` prompts should return its raw logits for scoring (no beams, in budget)."""
-    beams = generate_kwargs.get("num_beams") or getattr(getattr(generator, "generation_config", None), "num_beams", 1)
-    if (beams or 1) > 1:
+    if num_beams(generator, generate_kwargs) > 1:
         return False  # beam rows are reordered at every step: their logits do not follow the returned sequences
     vocab = getattr(getattr(generator, "config", None), "vocab_size", None)
     if not vocab and hasattr(generator, "get_output_embeddings"):
@@ -327,7 +337,7 @@ def _score_group(
     """(N,) log p(answer + EOS | cached prompt) for one micro-batch."""
     got = cache.gather(indices)
     input_ids, targets, mask, positions = _answer_rows(got, answers, pad_id)
-    name = "cache" if "cache" in _forward_params(generator) else "past_key_values"
+    name = cache_keyword(generator)
     inputs = {
         "input_ids": input_ids,
         "attention_mask": mask,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .kv_cache import PromptCache, _cache_of, _forward_params, _layer_tensors, _new_cache
+from .kv_cache import PromptCache, _cache_of, _forward_params, _layer_tensors, _new_cache, cache_keyword, num_beams
 from .scoring import _base_model
 
 __all__ = ["MIN_SHARED_PREFIX", "prefill", "shared_prefix_inputs"]
@@ -61,8 +61,7 @@ def shared_prefix_inputs(generator, inputs: dict, generate_kwargs: dict) -> dict
     """
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     n, L = ids.shape
-    beams = generate_kwargs.get("num_beams") or getattr(getattr(generator, "generation_config", None), "num_beams", 1)
-    if n < 2 or (beams or 1) > 1 or (generate_kwargs.get("num_return_sequences") or 1) > 1:
+    if n < 2 or num_beams(generator, generate_kwargs) > 1 or (generate_kwargs.get("num_return_sequences") or 1) > 1:
         return None
     if generate_kwargs.get("streamer") is not None:
         return None
@@ -89,8 +88,7 @@ def shared_prefix_inputs(generator, inputs: dict, generate_kwargs: dict) -> dict
         new_ids[i, L - len(rest) :], new_mask[i, L - len(rest) :] = rest, 1
     expanded = [(k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous()) for k, v in layers]
     cache = _new_cache(expanded)
-    name = "cache" if "cache" in _forward_params(generator) else "past_key_values"
-    return {"input_ids": new_ids, "attention_mask": new_mask, name: cache}
+    return {"input_ids": new_ids, "attention_mask": new_mask, cache_keyword(generator): cache}
 
 
 def prefill(generator, encoded, collate, micro_batch_size: int | None = None) -> PromptCache | None:
@@ -109,7 +107,7 @@ def prefill(generator, encoded, collate, micro_batch_size: int | None = None) ->
     cache = PromptCache(encoded)
     decoder = _base_model(generator).get_decoder()
     device = next(generator.parameters()).device
-    name = "cache" if "cache" in _forward_params(generator) else "past_key_values"
+    name = cache_keyword(generator)
     size = micro_batch_size or len(encoded) or 1
     for start in range(0, len(encoded), size):
         batch = collate(encoded[start : start + size])

@@ -274,6 +274,8 @@ def test_a_prompt_cut_for_the_answer_is_scored_from_scratch():
     doc, seq = reference(rag, QS, [a.text for a in cached])
     for a, d, s in zip(cached, doc, seq):
         assert a.score == pytest.approx(float(torch.logsumexp(d + s, 0)), abs=TOL)
+    concat, concat_plain, _, _ = both(rag, "concat", max_new_tokens=5)  # its per-passage prompts, cut alike
+    assert_same(concat, concat_plain)
 
 
 def test_fallbacks_are_named_and_exact():
